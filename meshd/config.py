@@ -1,0 +1,54 @@
+"""Frozen run configuration built from the command line. No I/O here."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import attrs
+
+# mesh-llm HEAD's default Nostr relays, in order (MESH_PROTOCOL.md §1.3).
+DEFAULT_NOSTR_RELAYS: tuple[str, ...] = (
+    "wss://relay.damus.io",
+    "wss://nos.lol",
+    "wss://relay.nostr.band",
+    "wss://nostr.land",
+    "wss://nostr.wine",
+)
+
+DEFAULT_API_PORT = 9337
+DEFAULT_CONSOLE_PORT = 3131
+
+
+class Role(Enum):
+    CLIENT = "client"
+    HOST = "host"
+
+
+@attrs.frozen
+class Config:
+    role: Role
+    auto: bool = False
+    join_tokens: tuple[str, ...] = ()
+    api_port: int = DEFAULT_API_PORT
+    console_port: int = DEFAULT_CONSOLE_PORT
+    listen_all: bool = False
+    headless: bool = False
+    nostr_relays: tuple[str, ...] = DEFAULT_NOSTR_RELAYS
+    mesh_name: str | None = None
+    region: str | None = None
+    publish: bool = False
+    max_clients: int = 0
+    serve_url: str | None = None
+    bind_port: int = 0
+    state_dir: Path = attrs.field(factory=lambda: Path("~/.meshd").expanduser())
+    log_format: str = "text"
+
+    @property
+    def interface(self) -> str:
+        """Address the HTTP ports bind to: loopback unless --listen-all."""
+        return "0.0.0.0" if self.listen_all else "127.0.0.1"
+
+    @property
+    def is_client(self) -> bool:
+        return self.role is Role.CLIENT

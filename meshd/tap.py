@@ -1,0 +1,289 @@
+"""twistd entry point: options, the asyncio reactor, and the one place services are wired."""
+
+from __future__ import annotations
+
+import sys
+
+
+def _install_asyncio_reactor() -> str | None:
+    """Install Twisted's asyncio reactor unless a reactor is installed already.
+
+    Returns None when the running reactor is the asyncio one, else the installed reactor's class
+    name (``meshd`` then refuses to start, from ``Options.postOptions``).
+    """
+    if "twisted.internet.reactor" not in sys.modules:
+        import asyncio
+
+        from twisted.internet import asyncioreactor
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        asyncioreactor.install(loop)
+        return None
+    from twisted.internet import reactor
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    if isinstance(reactor, AsyncioSelectorReactor):
+        return None
+    return type(reactor).__name__
+
+
+# Before anything below imports klein or treq (which would install the default reactor).
+_FOREIGN_REACTOR = _install_asyncio_reactor()
+
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
+
+from twisted.application.service import IService, MultiService  # noqa: E402
+from twisted.internet.error import CannotListenError  # noqa: E402
+from twisted.logger import Logger  # noqa: E402
+from twisted.python import usage  # noqa: E402
+from twisted.web.server import Site  # noqa: E402
+
+from meshd import __version__  # noqa: E402
+from meshd.config import (  # noqa: E402
+    DEFAULT_API_PORT,
+    DEFAULT_CONSOLE_PORT,
+    DEFAULT_NOSTR_RELAYS,
+    Config,
+    Role,
+)
+from meshd.identity import Identity, IdentityError, load_or_create_key  # noqa: E402
+from meshd.node import Node  # noqa: E402
+from meshd.web.api import APIApp  # noqa: E402
+from meshd.web.console import ConsoleApp  # noqa: E402
+from meshd.web.listen import TCPListenService  # noqa: E402
+
+EXIT_USAGE = 2
+
+
+def _port(value: str, flag: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise usage.UsageError(f"{flag} must be a port number, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise usage.UsageError(f"{flag} must be between 0 and 65535, got {port}")
+    return port
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "meshd joins LLM meshes that speak mesh-llm's protocol and serves an OpenAI-compatible API "
+        f"(--port, default {DEFAULT_API_PORT}) and a web console (--console, default {DEFAULT_CONSOLE_PORT}). "
+        "Roles: --client (no GPU; tunnel requests to mesh hosts) or --serve URL (share an "
+        "OpenAI-compatible backend into a mesh)."
+    )
+
+    optFlags = [
+        ["client", None, "Run as an API-only client (the default role)."],
+        ["auto", None, "Discover meshes on Nostr and join the best one."],
+        ["listen-all", None, "Bind the API and console on 0.0.0.0 instead of 127.0.0.1."],
+        ["headless", None, "Serve no web UI pages; /api/* and the API port keep working."],
+        ["publish", None, "Publish this mesh's listing on Nostr (hosts only)."],
+    ]
+    optParameters = [
+        ["port", None, str(DEFAULT_API_PORT), "OpenAI-compatible API port (0 = any free port)."],
+        ["console", None, str(DEFAULT_CONSOLE_PORT), "Web console port (0 = any free port)."],
+        ["mesh-name", None, None, "Mesh name to join (or to publish, with --publish)."],
+        ["region", None, None, "Region label for the published listing (needs --publish)."],
+        ["max-clients", None, None, "Delist when this many clients are connected (needs --publish)."],
+        ["serve", None, None, "Host role: share this OpenAI-compatible backend URL into a mesh."],
+        ["bind-port", None, "0", "UDP port for QUIC (0 = an ephemeral port)."],
+        ["state-dir", None, "~/.meshd", "Folder for keys and state."],
+        ["log-format", None, "text", "Log output: text or json (one JSON object per line)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["join"] = []
+        self["nostr-relay"] = []
+
+    def opt_join(self, token: str) -> None:
+        """Join the mesh behind this invite token (repeatable; tried in order)."""
+        self["join"].append(token)
+
+    opt_j = opt_join
+
+    def opt_nostr_relay(self, url: str) -> None:
+        """Nostr relay URL for discovery and publishing (repeatable; replaces the defaults)."""
+        self["nostr-relay"].append(url)
+
+    def opt_version(self) -> None:
+        """Print meshd's version and exit."""
+        print(f"meshd {__version__}")
+        sys.exit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            sys.stderr.write(f"meshd: error: {e}\n")
+            sys.stderr.flush()
+            raise SystemExit(EXIT_USAGE) from None
+
+    def postOptions(self) -> None:
+        if _FOREIGN_REACTOR is not None:
+            raise usage.UsageError(
+                f"meshd runs on Twisted's asyncio reactor but {_FOREIGN_REACTOR} is installed: "
+                "drop --reactor, or use --reactor=asyncio"
+            )
+        self.config = self._build_config()
+        if self.config.log_format == "json" and self.parent is not None:
+            # twistd builds its log observer from its own `logger` option after parsing.
+            self.parent["logger"] = "meshd.logs.json_observer_factory"
+
+    def _build_config(self) -> Config:
+        serve = self["serve"]
+        if self["client"] and serve:
+            raise usage.UsageError("--client and --serve are different roles; choose one")
+        if self["auto"] and self["join"]:
+            raise usage.UsageError("--auto and --join both choose the mesh; use one of them")
+        role = Role.HOST if serve else Role.CLIENT
+        if serve:
+            parts = urlsplit(serve)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise usage.UsageError(f"--serve needs an http(s)://host[:port] URL, got {serve!r}")
+        if role is Role.CLIENT:
+            if self["publish"]:
+                raise usage.UsageError("--publish is for hosts (--serve); clients never publish")
+            for flag in ("region", "max-clients"):
+                if self[flag] is not None:
+                    raise usage.UsageError(f"--{flag} only applies to a host publishing its mesh")
+        elif not self["publish"]:
+            for flag in ("region", "max-clients"):
+                if self[flag] is not None:
+                    raise usage.UsageError(f"--{flag} needs --publish")
+        max_clients = 0
+        if self["max-clients"] is not None:
+            try:
+                max_clients = int(self["max-clients"])
+            except ValueError:
+                raise usage.UsageError(f"--max-clients must be a number, got {self['max-clients']!r}") from None
+            if max_clients < 1:
+                raise usage.UsageError("--max-clients must be at least 1")
+        api_port = _port(self["port"], "--port")
+        console_port = _port(self["console"], "--console")
+        if api_port and api_port == console_port:
+            raise usage.UsageError(f"--port and --console are both {api_port}; they need different ports")
+        relays = tuple(self["nostr-relay"]) or DEFAULT_NOSTR_RELAYS
+        for url in relays:
+            parts = urlsplit(url)
+            if parts.scheme not in ("ws", "wss") or not parts.hostname:
+                raise usage.UsageError(f"--nostr-relay needs a ws:// or wss:// URL, got {url!r}")
+        for name in ("mesh-name", "region"):
+            if self[name] is not None and not self[name].strip():
+                raise usage.UsageError(f"--{name} must not be empty")
+        for token in self["join"]:
+            if not token.strip():
+                raise usage.UsageError("--join needs a non-empty invite token")
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(f"--log-format must be text or json, got {self['log-format']!r}")
+        return Config(
+            role=role,
+            auto=bool(self["auto"]),
+            join_tokens=tuple(t.strip() for t in self["join"]),
+            api_port=api_port,
+            console_port=console_port,
+            listen_all=bool(self["listen-all"]),
+            headless=bool(self["headless"]),
+            nostr_relays=relays,
+            mesh_name=self["mesh-name"],
+            region=self["region"],
+            publish=bool(self["publish"]),
+            max_clients=max_clients,
+            serve_url=serve,
+            bind_port=_port(self["bind-port"], "--bind-port"),
+            state_dir=Path(self["state-dir"]).expanduser(),
+            log_format=self["log-format"],
+        )
+
+
+class MeshdService(MultiService):
+    """The whole daemon. Named children: node, api, console (and discovery, quic as they land)."""
+
+    _log = Logger()
+
+    def __init__(
+        self, reactor: Any, config: Config, node: Node, api: TCPListenService, console: TCPListenService
+    ) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self.config = config
+        self.node = node
+        self.api = api
+        self.console = console
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            self._log.critical(
+                "cannot listen on {interface}:{port}: {reason}",
+                event="bind_error",
+                interface=e.interface,
+                port=e.port,
+                reason=str(e.socketError),
+            )
+            for svc in (self.api, self.console):
+                if svc.port is not None:
+                    svc.port.stopListening()
+                    svc.port = None
+            raise SystemExit(f"meshd: cannot listen on {e.interface}:{e.port}: {e.socketError}") from None
+        self.node.api_port = self.api.bound_port
+        self.node.console_port = self.console.bound_port
+
+    def startService(self) -> None:
+        super().startService()
+        # Announce readiness once the reactor runs and handles SIGTERM (signal handlers are
+        # installed during startup, so "after startup" is the first moment that holds).
+        if getattr(self._reactor, "running", False):
+            self._announce_ready()
+        else:
+            self._reactor.addSystemEventTrigger("after", "startup", self._announce_ready)
+
+    def _announce_ready(self) -> None:
+        host = "127.0.0.1" if not self.config.listen_all else "0.0.0.0"
+        api_url = f"http://{host}:{self.node.api_port}"
+        console_url = f"http://{host}:{self.node.console_port}"
+        self._log.info(
+            "meshd {version} ready: API {api_url}/v1, console {console_url}",
+            event="ready",
+            version=__version__,
+            api_url=api_url,
+            console_url=console_url,
+            node_id=self.node.identity.short_id,
+            role=self.config.role.value,
+            state=self.node.state.value,
+        )
+
+
+def build_service(config: Config, reactor: Any) -> MeshdService:
+    """Wire every service for ``config`` on ``reactor``. Raises IdentityError on key problems."""
+    if config.role is Role.HOST:
+        identity, _created = load_or_create_key(config.state_dir)
+    else:
+        identity = Identity.generate()
+    node = Node(config, identity, reactor)
+    api_site = Site(APIApp(node).resource())
+    api_site.displayTracebacks = False
+    console_site = Site(ConsoleApp(node).resource())
+    console_site.displayTracebacks = False
+    api = TCPListenService(reactor, config.interface, config.api_port, api_site)
+    console = TCPListenService(reactor, config.interface, config.console_port, console_site)
+    top = MeshdService(reactor, config, node, api, console)
+    for name, svc in (("node", node), ("api", api), ("console", console)):
+        svc.setName(name)
+        svc.setServiceParent(top)
+    return top
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    try:
+        return build_service(options.config, reactor)
+    except IdentityError as e:
+        raise SystemExit(f"meshd: {e}") from None

@@ -1,0 +1,65 @@
+"""The management console (``--console``, default 3131): status API and pages."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from meshd.node import Node
+from meshd.web.errors import console_error, json_body
+
+
+class ConsoleApp:
+    app = Klein()
+    _log = Logger()
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    @app.route("/health", methods=["GET", "HEAD"])
+    def health(self, request: IRequest) -> bytes:
+        return json_body(request, 200, {"status": "ok"})
+
+    @app.route("/api/status", methods=["GET"])
+    def status(self, request: IRequest) -> bytes:
+        request.setHeader(b"cache-control", b"no-cache")
+        return json_body(request, 200, self.node.status())
+
+    @app.route("/", methods=["GET"])
+    @app.route("/dashboard", methods=["GET"])
+    def index(self, request: IRequest) -> bytes:
+        if self.node.config.headless:
+            return console_error(request, 404, "Not found")
+        st = self.node.status()
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>meshd</title></head><body>"
+            f"<h1>meshd {html.escape(st['version'])}</h1>"
+            f"<p>node <code>{html.escape(st['node_id'])}</code>, {html.escape(st['role'])}, "
+            f"{html.escape(st['node_state'])}</p>"
+            "<p><a href='/api/status'>/api/status</a></p></body></html>"
+        )
+        return page.encode("utf-8")
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        return console_error(request, 404, "Not found")
+
+    @app.handle_errors(MethodNotAllowed)
+    def bad_method(self, request: IRequest, failure: Failure) -> bytes:
+        return console_error(request, 405, "Method Not Allowed")
+
+    @app.handle_errors(Exception)
+    def internal(self, request: IRequest, failure: Failure) -> bytes:
+        self._log.failure("console handler failed", failure=failure, event="console_error")
+        return console_error(request, 500, "internal error")

@@ -1,0 +1,50 @@
+"""A TCP listening service that binds in ``privilegedStartService`` and fails loudly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IListeningPort, IReactorTCP
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+
+class TCPListenService(Service):
+    """Listen on ``interface:port`` (0 = any free port) with ``factory``.
+
+    The bind happens synchronously in ``privilegedStartService`` so a bind error surfaces before
+    twistd runs the reactor; ``stopService`` closes the port.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: IReactorTCP, interface: str, port: int, factory: ServerFactory[Any]) -> None:
+        self._reactor = reactor
+        self.interface = interface
+        self.requested_port = port
+        self.factory = factory
+        self.port: IListeningPort | None = None
+
+    @property
+    def bound_port(self) -> int | None:
+        return None if self.port is None else self.port.getHost().port  # type: ignore[attr-defined]
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is None:
+            self.port = self._reactor.listenTCP(self.requested_port, self.factory, interface=self.interface)
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        d = port.stopListening()
+        return d if isinstance(d, Deferred) else succeed(None)

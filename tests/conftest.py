@@ -1,0 +1,42 @@
+"""Shared test fixtures: logged errors fail the test that caused them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.logger import LogLevel, globalLogPublisher
+
+
+class LoggedErrors:
+    """Collects error/critical log events while a test runs; unexpected ones fail the test."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        if level in (LogLevel.error, LogLevel.critical) or event.get("isError"):
+            self.events.append(event)
+
+    def flush(self, predicate: Any = None) -> list[dict[str, Any]]:
+        """Take (and so allow) the logged errors matching ``predicate`` (all by default)."""
+        taken = [e for e in self.events if predicate is None or predicate(e)]
+        self.events = [e for e in self.events if e not in taken]
+        return taken
+
+
+@pytest.fixture(autouse=True)
+def logged_errors() -> Iterator[LoggedErrors]:
+    observer = LoggedErrors()
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield observer
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    if observer.events:
+        from twisted.logger import formatEvent
+
+        lines = "\n".join(formatEvent(e) for e in observer.events)
+        pytest.fail(f"errors were logged during the test:\n{lines}")

@@ -1,0 +1,98 @@
+"""The two Klein apps, without sockets (StubTreq)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+
+from meshd.config import Config, Role
+from meshd.identity import Identity
+from meshd.node import Node, NodeState
+from meshd.web.api import APIApp
+from meshd.web.console import ConsoleApp
+
+
+def make_node(**kw: Any) -> Node:
+    cfg = Config(role=kw.pop("role", Role.CLIENT), **kw)
+    node = Node(cfg, Identity.generate(), Clock())
+    node.api_port, node.console_port = 19337, 13131
+    return node
+
+
+def get(app: Any, path: str, method: str = "GET") -> tuple[int, dict[str, list[str]], bytes]:
+    stub = StubTreq(app.resource())
+    d = stub.request(method, "http://x" + path)
+    resp = _result(d)
+    body = _result(resp.content())
+    stub.flush()
+    headers = {k.decode().lower(): [v.decode() for v in vs] for k, vs in resp.headers.getAllRawHeaders()}
+    return resp.code, headers, body
+
+
+def _result(d: Any) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "deferred did not fire"
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]
+
+
+@pytest.mark.parametrize("app_cls", [APIApp, ConsoleApp])
+def test_health_on_both_ports(app_cls: Any) -> None:
+    code, headers, body = get(app_cls(make_node()), "/health")
+    assert code == 200
+    assert headers["content-type"] == ["application/json"]
+    assert json.loads(body) == {"status": "ok"}
+
+
+def test_status_reports_the_node() -> None:
+    node = make_node(auto=True)
+    node.relay_status = lambda: [{"url": "ws://127.0.0.1:9", "state": "failing", "last_error": "refused"}]
+    code, _, body = get(ConsoleApp(node), "/api/status")
+    st = json.loads(body)
+    assert code == 200
+    assert st["node_id"] == node.identity.short_id
+    assert st["endpoint_id"] == node.identity.endpoint_id
+    assert st["node_state"] == "discovering"
+    assert st["role"] == "client" and st["is_client"] is True and st["is_host"] is False
+    assert (st["api_port"], st["console_port"]) == (19337, 13131)
+    assert st["peers"] == []
+    assert st["mesh_id"] is None
+    assert st["nostr_discovery"][0]["state"] == "failing"
+    node.set_state(NodeState.STANDALONE)
+    assert json.loads(get(ConsoleApp(node), "/api/status")[2])["node_state"] == "standalone"
+
+
+def test_join_tokens_start_in_joining_and_host_role_shows() -> None:
+    assert make_node(join_tokens=("t",)).state is NodeState.JOINING
+    host = make_node(role=Role.HOST, serve_url="http://127.0.0.1:1")
+    assert host.status()["is_host"] is True
+
+
+def test_api_says_state_in_openai_envelope_before_joining() -> None:
+    code, headers, body = get(APIApp(make_node(auto=True)), "/v1/chat/completions", "POST")
+    assert code == 503
+    assert headers["retry-after"] == ["5"]
+    err = json.loads(body)["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["code"] == "mesh_not_joined"
+    assert "discovering" in err["message"]
+
+
+def test_console_unknown_route_is_json_404() -> None:
+    code, _, body = get(ConsoleApp(make_node()), "/api/nope")
+    assert code == 404
+    assert json.loads(body) == {"error": "Not found"}
+
+
+def test_headless_hides_pages_but_not_api() -> None:
+    node = make_node(headless=True)
+    assert get(ConsoleApp(node), "/")[0] == 404
+    assert get(ConsoleApp(node), "/dashboard")[0] == 404
+    assert get(ConsoleApp(node), "/api/status")[0] == 200
+    assert get(ConsoleApp(make_node()), "/")[0] == 200
