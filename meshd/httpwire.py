@@ -1,0 +1,347 @@
+"""HTTP/1.1 as it travels inside TUNNEL_HTTP streams (pure, on h11; MESH_PROTOCOL.md §5.8, §6.5).
+
+One request per stream. The client side renders a request with ``Connection: close`` and reads
+the host's raw HTTP/1.1 response incrementally; the host side parses exactly one request within
+the limits (64 KiB of headers, at most 64 header lines, 8 MiB of body) and renders it again for its
+backend.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+import attrs
+import h11
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_LINES = 64
+MAX_BODY_BYTES = 8 * 1024 * 1024
+#: Error bodies from upstream are read up to this much before being re-shaped (§6.7).
+MAX_ERROR_BODY_BYTES = 256 * 1024
+
+#: Hop-by-hop headers never forwarded (RFC 9110 §7.6.1), plus the ones rewritten here.
+_DROP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"content-length",
+    }
+)
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+class HTTPWireError(Exception):
+    """A request or response that cannot be relayed; ``status`` is the HTTP status to answer."""
+
+    status = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class HeadersTooLarge(HTTPWireError):
+    status = 431
+    code = "request_header_fields_too_large"
+
+
+class BodyTooLarge(HTTPWireError):
+    status = 413
+    code = "request_too_large"
+
+
+class BadRequest(HTTPWireError):
+    status = 400
+    code = "invalid_request"
+
+
+class UpstreamProtocolError(HTTPWireError):
+    """The host's response is not HTTP/1.1 we can relay."""
+
+    status = 502
+    code = "bad_upstream_response"
+
+
+class EarlyEOF(UpstreamProtocolError):
+    """The stream ended before a complete response (``before_headers`` decides failover)."""
+
+    def __init__(self, message: str, before_headers: bool) -> None:
+        super().__init__(message)
+        self.before_headers = before_headers
+
+
+@attrs.frozen
+class ParsedRequest:
+    method: bytes
+    target: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+def forwardable_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """End-to-end headers only (names lower-cased); hop-by-hop and framing headers dropped."""
+    return [(k.lower(), v) for k, v in headers if k.lower() not in _DROP]
+
+
+def render_request(
+    method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]], body: bytes, host: bytes | None = None
+) -> bytes:
+    """One complete HTTP/1.1 request with ``Content-Length`` and ``Connection: close``."""
+    out = [(k, v) for k, v in forwardable_headers(headers) if not (host is not None and k == b"host")]
+    if host is not None:
+        out.insert(0, (b"host", host))
+    elif not any(k == b"host" for k, _ in out):
+        out.insert(0, (b"host", b"localhost"))
+    if body or method.upper() in (b"POST", b"PUT", b"PATCH"):
+        out.append((b"content-length", str(len(body)).encode()))
+    out.append((b"connection", b"close"))
+    try:
+        conn = h11.Connection(h11.CLIENT)
+        parts = [conn.send(h11.Request(method=method, target=target, headers=out))]
+        if body:
+            parts.append(conn.send(h11.Data(data=body)))
+        parts.append(conn.send(h11.EndOfMessage()))
+    except h11.LocalProtocolError as e:
+        raise BadRequest(f"cannot forward request: {e}") from None
+    return b"".join(p for p in parts if p)
+
+
+class RequestParser:
+    """Reads exactly one HTTP/1.1 request from a byte stream (host side of TUNNEL_HTTP)."""
+
+    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._max_body = max_body_bytes
+        self._head: h11.Request | None = None
+        self._body: list[bytes] = []
+        self._body_len = 0
+        self.request: ParsedRequest | None = None
+        self._eof = False
+
+    def feed(self, data: bytes) -> ParsedRequest | None:
+        """Feed bytes; returns the request once complete (extra bytes after it are ignored)."""
+        if self.request is not None:
+            return self.request
+        self._conn.receive_data(data)
+        return self._drain()
+
+    def feed_eof(self) -> ParsedRequest:
+        if self.request is not None:
+            return self.request
+        self._eof = True
+        self._conn.receive_data(b"")
+        req = self._drain()
+        if req is None:
+            raise BadRequest("stream ended before a complete HTTP request")
+        return req
+
+    def _drain(self) -> ParsedRequest | None:
+        while True:
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError as e:
+                if self._eof:
+                    raise BadRequest("stream ended before a complete HTTP request") from None
+                if e.error_status_hint == 431 or "exceeded" in str(e).lower():
+                    raise HeadersTooLarge(f"request headers exceed {MAX_HEADER_BYTES} bytes") from None
+                raise BadRequest(f"malformed HTTP request: {e}") from None
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return None
+            if isinstance(event, h11.Request):
+                if len(event.headers) > MAX_HEADER_LINES:
+                    raise HeadersTooLarge(f"more than {MAX_HEADER_LINES} header lines")
+                length = _content_length(event.headers)
+                if length is not None and length > self._max_body:
+                    raise BodyTooLarge(f"request body of {length} bytes exceeds {self._max_body}")
+                self._head = event
+            elif isinstance(event, h11.Data):
+                self._body_len += len(event.data)
+                if self._body_len > self._max_body:
+                    raise BodyTooLarge(f"request body exceeds {self._max_body} bytes")
+                self._body.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                assert self._head is not None
+                self.request = ParsedRequest(
+                    method=bytes(self._head.method),
+                    target=bytes(self._head.target),
+                    headers=tuple((bytes(k), bytes(v)) for k, v in self._head.headers),
+                    body=b"".join(self._body),
+                )
+                return self.request
+            elif isinstance(event, h11.ConnectionClosed):
+                raise BadRequest("stream ended before a complete HTTP request")
+
+
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    for k, v in headers:
+        if k == b"content-length":
+            return int(v)
+    return None
+
+
+@attrs.frozen
+class ResponseHead:
+    status: int
+    reason: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+class ResponseParser:
+    """Reads the host's HTTP/1.1 response incrementally (client side of TUNNEL_HTTP).
+
+    ``feed`` returns what became available: at most one ``ResponseHead`` first, then body chunks
+    (de-chunked), then ``None`` marks the end of the message.
+    """
+
+    def __init__(self, request_method: bytes = b"POST", max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+        # h11 must know what was asked (a HEAD response has no body).
+        self._conn.send(h11.Request(method=request_method, target=b"/", headers=[(b"host", b"mesh")]))
+        self._conn.send(h11.EndOfMessage())
+        self.head: ResponseHead | None = None
+        self.done = False
+        self._eof = False
+
+    def feed(self, data: bytes) -> list[ResponseHead | bytes | None]:
+        self._conn.receive_data(data)
+        return self._drain()
+
+    def feed_eof(self) -> list[ResponseHead | bytes | None]:
+        if self.done:
+            return []
+        self._eof = True
+        self._conn.receive_data(b"")
+        out = self._drain()
+        if not self.done:
+            raise self._early_eof()
+        return out
+
+    def _early_eof(self) -> EarlyEOF:
+        if self.head is None:
+            return EarlyEOF("host closed the tunnel before sending response headers", before_headers=True)
+        return EarlyEOF("host closed the tunnel before a complete response", before_headers=False)
+
+    def _drain(self) -> list[ResponseHead | bytes | None]:
+        out: list[ResponseHead | bytes | None] = []
+        while not self.done:
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError as e:
+                if self._eof:
+                    raise self._early_eof() from None
+                if self.head is None:
+                    raise EarlyEOF(f"bad response from host: {e}", before_headers=True) from None
+                raise UpstreamProtocolError(f"bad response body from host: {e}") from None
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                break
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            if isinstance(event, h11.Response):
+                self.head = ResponseHead(
+                    status=event.status_code,
+                    reason=bytes(event.reason),
+                    headers=tuple((bytes(k), bytes(v)) for k, v in event.headers),
+                )
+                out.append(self.head)
+            elif isinstance(event, h11.Data):
+                out.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                self.done = True
+                out.append(None)
+            elif isinstance(event, h11.ConnectionClosed):
+                break
+        return out
+
+
+# -- error bodies (§6.7) ---------------------------------------------------------------------------
+
+_STATUS_TYPES: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "invalid_value"),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "insufficient_quota"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    503: ("server_error", "service_unavailable"),
+}
+
+
+def openai_error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+
+
+def reshape_upstream_error(status: int, body: bytes, truncated: bool = False) -> bytes:
+    """An upstream error body in OpenAI's envelope (kept when it already is one)."""
+    if truncated:
+        return openai_error_body(
+            "upstream error response exceeded proxy limit", "server_error", "upstream_error_too_large"
+        )
+    upstream_type: str | None = None
+    message: str | None = None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        err = parsed.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str) and "type" in err:
+            full = {
+                "message": err["message"],
+                "type": err.get("type"),
+                "param": err.get("param"),
+                "code": err.get("code"),
+            }
+            if status == 400 and err.get("type") == "exceed_context_size_error":
+                full["type"], full["code"] = "invalid_request_error", "context_length_exceeded"
+            elif status == 501 and err.get("type") == "not_supported_error":
+                full["type"], full["code"] = "invalid_request_error", "unsupported_model_feature"
+            return json.dumps({"error": full}).encode()
+        if isinstance(err, dict):
+            upstream_type = err.get("type") if isinstance(err.get("type"), str) else None
+            message = err.get("message") if isinstance(err.get("message"), str) else None
+        elif isinstance(err, str):
+            message = err
+        elif isinstance(parsed.get("message"), str):
+            message = parsed["message"]
+    if message is None:
+        text = body.decode("utf-8", "replace").strip()
+        message = text or f"upstream returned HTTP {status}"
+    if status == 400 and upstream_type == "exceed_context_size_error":
+        type_, code = "invalid_request_error", "context_length_exceeded"
+    elif status == 501 and upstream_type == "not_supported_error":
+        type_, code = "invalid_request_error", "unsupported_model_feature"
+    else:
+        type_, code = _STATUS_TYPES.get(status, ("server_error", "internal_server_error"))
+    return openai_error_body(message, type_, code)
+
+
+_CONTEXT_WORDS = (b"context", b"token", b"ctx", b"prompt", b"slot", b"window")
+_OVERFLOW_WORDS = (b"exceed", b"overflow", b"too long", b"limit", b"maximum")
+
+
+def is_context_overflow(status: int, body_prefix: bytes) -> bool:
+    """A 400 that another host with a larger context might accept (§6.7 retry rule)."""
+    if status != 400:
+        return False
+    text = body_prefix[:4096].lower()
+    return any(w in text for w in _CONTEXT_WORDS) and any(w in text for w in _OVERFLOW_WORDS)
