@@ -1,0 +1,239 @@
+"""The one source of truth for what this node knows about its mesh (pure: no I/O, no reactor).
+
+Inputs are gossip frames already decoded and validated (``PeerInfo`` records), direct-contact
+events and the current time; outputs are decisions the node acts on (peers to dial, peers to drop,
+the ordered hosts for a model). Rules and numbers: MESH_PROTOCOL.md §5.5, §5.7, §6.4, §9.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from meshd.protocol.peers import EXCLUDED_DEMAND_MODELS, DemandEntry, PeerInfo, Role
+
+#: A peer not heard from (directly or through gossip) for this long is not relayed in gossip.
+STALE_SECS = 180.0
+#: ... and after this long it is removed.
+PRUNE_SECS = 360.0
+#: A peer declared dead is not re-added from gossip for this long.
+DEAD_TTL_SECS = 300.0
+#: Heartbeat failures before a peer not heard from directly within STALE_SECS is declared dead.
+HEARTBEAT_STRIKES = 2
+#: Demand entries older than this are forgotten (mesh-llm HEAD DEMAND_TTL_SECS).
+DEMAND_TTL_SECS = 86_400
+
+_U64 = (1 << 64) - 1
+
+
+@attrs.define
+class PeerEntry:
+    info: PeerInfo
+    first_seen: float
+    last_direct: float | None = None
+    last_mention: float | None = None
+    strikes: int = 0
+    rtt_ms: float | None = None
+    path: str | None = None  # "direct" or "relay" while a connection is up
+
+    @property
+    def endpoint_id(self) -> bytes:
+        return self.info.endpoint_id
+
+    def last_heard(self) -> float:
+        return max(t for t in (self.last_direct, self.last_mention, self.first_seen) if t is not None)
+
+    def heard_directly_within(self, now: float, secs: float) -> bool:
+        return self.last_direct is not None and now - self.last_direct < secs
+
+
+@attrs.frozen
+class GossipOutcome:
+    """What ingesting one gossip frame changed."""
+
+    new_peers: tuple[bytes, ...]  # ids added by this frame (direct or transitive)
+    updated: bool  # anything visible changed
+    adopted_mesh_id: str | None  # set when this frame gave us our mesh id
+
+
+def rotation_seed(own_id: bytes) -> int:
+    """mesh-llm's per-node rotation: fold ``h = h*31 + b`` over our own id bytes (wrapping u64)."""
+    h = 0
+    for b in own_id:
+        h = (h * 31 + b) & _U64
+    return h
+
+
+def order_hosts(host_ids: Iterable[bytes], own_id: bytes) -> list[bytes]:
+    """Sort ids byte-wise ascending, then rotate left by ``rotation_seed(own_id) mod n`` (§6.4)."""
+    ids = sorted(set(host_ids))
+    if not ids:
+        return ids
+    k = rotation_seed(own_id) % len(ids)
+    return ids[k:] + ids[:k]
+
+
+class MeshState:
+    def __init__(self, own_id: bytes, role: Role, mesh_id: str | None = None) -> None:
+        self.own_id = own_id
+        self.role = role
+        self.mesh_id = mesh_id
+        self.peers: dict[bytes, PeerEntry] = {}
+        self.dead: dict[bytes, float] = {}
+        self.demand: dict[str, DemandEntry] = {}
+        self.version = 0  # bumped on every visible change (drives /api/events)
+
+    # -- gossip --------------------------------------------------------------------------------
+
+    def ingest_gossip(self, remote_id: bytes, infos: Iterable[PeerInfo], now: float) -> GossipOutcome:
+        """Apply a validated frame from ``remote_id`` (its self entry = direct contact)."""
+        new: list[bytes] = []
+        updated = False
+        adopted: str | None = None
+        self.dead.pop(remote_id, None)
+        for info in infos:
+            pid = info.endpoint_id
+            if pid == self.own_id:
+                continue
+            entry = self.peers.get(pid)
+            if pid == remote_id:
+                if entry is None:
+                    entry = self.peers[pid] = PeerEntry(info=info, first_seen=now)
+                    new.append(pid)
+                elif entry.info != info:
+                    entry.info = info
+                    updated = True
+                entry.last_direct = now
+                entry.strikes = 0
+                if info.mesh_id and self.mesh_id is None:
+                    self.mesh_id = adopted = info.mesh_id
+                self._merge_demand(info.demand)
+                continue
+            if self._is_dead(pid, now):
+                continue
+            if entry is None:
+                self.peers[pid] = PeerEntry(info=info, first_seen=now, last_mention=now)
+                new.append(pid)
+                continue
+            entry.last_mention = now
+            # Direct knowledge beats hearsay while it is fresh.
+            if not entry.heard_directly_within(now, STALE_SECS) and entry.info != info:
+                entry.info = info
+                updated = True
+        if new or updated or adopted:
+            self.version += 1
+        return GossipOutcome(new_peers=tuple(new), updated=bool(new or updated), adopted_mesh_id=adopted)
+
+    def gossip_entries(self, now: float) -> list[PeerInfo]:
+        """Peers to relay in our own frame: heard from (directly or not) within STALE_SECS."""
+        return [e.info for e in self.peers.values() if now - e.last_heard() < STALE_SECS]
+
+    def is_admitted(self, peer_id: bytes) -> bool:
+        """Admission = present in the peer table (direct gossip or a transitive mention)."""
+        return peer_id in self.peers
+
+    # -- liveness ------------------------------------------------------------------------------
+
+    def touch(self, peer_id: bytes, now: float) -> None:
+        entry = self.peers.get(peer_id)
+        if entry is not None:
+            entry.last_direct = now
+            entry.strikes = 0
+
+    def heartbeat_failed(self, peer_id: bytes, now: float) -> bool:
+        """Record a failed heartbeat; True when the peer is now to be declared dead."""
+        entry = self.peers.get(peer_id)
+        if entry is None:
+            return False
+        entry.strikes += 1
+        return entry.strikes >= HEARTBEAT_STRIKES and not entry.heard_directly_within(now, STALE_SECS)
+
+    def should_probe_peer_down(self, peer_id: bytes, now: float) -> bool:
+        """PEER_DOWN from someone else: ignore it if we heard from that peer directly recently."""
+        if peer_id == self.own_id:
+            return False
+        entry = self.peers.get(peer_id)
+        if entry is None:
+            return False
+        return not entry.heard_directly_within(now, STALE_SECS)
+
+    def remove(self, peer_id: bytes, now: float, *, dead: bool = True) -> bool:
+        entry = self.peers.pop(peer_id, None)
+        if dead:
+            self.dead[peer_id] = now
+        if entry is not None:
+            self.version += 1
+        return entry is not None
+
+    def _is_dead(self, peer_id: bytes, now: float) -> bool:
+        since = self.dead.get(peer_id)
+        if since is None:
+            return False
+        if now - since >= DEAD_TTL_SECS:
+            del self.dead[peer_id]
+            return False
+        return True
+
+    def recently_dead(self, peer_id: bytes, now: float) -> bool:
+        return self._is_dead(peer_id, now)
+
+    def prune(self, now: float) -> list[bytes]:
+        """Drop peers heard from neither directly nor through gossip within PRUNE_SECS."""
+        gone = [pid for pid, e in self.peers.items() if now - e.last_heard() >= PRUNE_SECS]
+        for pid in gone:
+            del self.peers[pid]
+        for pid, since in list(self.dead.items()):
+            if now - since >= DEAD_TTL_SECS:
+                del self.dead[pid]
+        if gone:
+            self.version += 1
+        return gone
+
+    # -- routing -------------------------------------------------------------------------------
+
+    def hosts(self) -> list[PeerEntry]:
+        return [e for e in self.peers.values() if e.info.role is Role.HOST]
+
+    def routable_models(self) -> dict[str, list[bytes]]:
+        """Model name -> ids of HOST peers that route it (hosted_models if known, else serving)."""
+        out: dict[str, list[bytes]] = {}
+        for entry in self.hosts():
+            for model in entry.info.served_models:
+                if model:
+                    out.setdefault(model, []).append(entry.endpoint_id)
+        return out
+
+    def hosts_for_model(self, model: str) -> list[bytes]:
+        return order_hosts(self.routable_models().get(model, ()), self.own_id)
+
+    def any_hosts(self) -> list[bytes]:
+        """Hosts that route some model, in rotation order (request with no model)."""
+        ids = [e.endpoint_id for e in self.hosts() if e.info.served_models]
+        return order_hosts(ids, self.own_id)
+
+    # -- demand --------------------------------------------------------------------------------
+
+    def record_request(self, model: str | None, now: float) -> None:
+        if not model or model in EXCLUDED_DEMAND_MODELS:
+            return
+        old = self.demand.get(model)
+        count = 1 if old is None else old.request_count + 1
+        self.demand[model] = DemandEntry(model, int(now), count)
+
+    def _merge_demand(self, entries: Iterable[DemandEntry]) -> None:
+        for d in entries:
+            if d.model_name in EXCLUDED_DEMAND_MODELS:
+                continue
+            old = self.demand.get(d.model_name)
+            if old is None:
+                self.demand[d.model_name] = d
+            else:
+                self.demand[d.model_name] = DemandEntry(
+                    d.model_name,
+                    max(old.last_active, d.last_active),
+                    max(old.request_count, d.request_count),
+                )
+
+    def live_demand(self, now: float) -> list[DemandEntry]:
+        return [d for d in self.demand.values() if now - d.last_active < DEMAND_TTL_SECS]

@@ -1,0 +1,183 @@
+"""The pure mesh state: gossip ingestion, admission, liveness clocks, routing order, demand."""
+
+from __future__ import annotations
+
+import os
+
+from meshd.mesh.state import (
+    DEAD_TTL_SECS,
+    PRUNE_SECS,
+    STALE_SECS,
+    MeshState,
+    order_hosts,
+    rotation_seed,
+)
+from meshd.protocol.peers import DemandEntry, PeerInfo, Role, build_self_announcement, peer_info_from_announcement
+from meshd.protocol.token import EndpointAddr
+
+
+def pid(n: int) -> bytes:
+    return bytes([n]) * 32
+
+
+def info(
+    n: int,
+    role: Role = Role.HOST,
+    models: tuple[str, ...] = ("m",),
+    mesh_id: str | None = None,
+    demand: tuple[DemandEntry, ...] = (),
+) -> PeerInfo:
+    ann = build_self_announcement(
+        addr=EndpointAddr(pid(n)),
+        version="0.65.0",
+        role=role,
+        http_port=9337 if role is Role.HOST else None,
+        hosted_models=models if role is Role.HOST else (),
+        mesh_id=mesh_id,
+        demand=demand,
+    )
+    return peer_info_from_announcement(ann)
+
+
+ME = pid(200)
+
+
+def test_rotation_seed_matches_the_rust_fold() -> None:
+    # h = h*31 + b over 32 bytes of 0x01, wrapping at 2**64 (computed independently here)
+    expected = 0
+    for _ in range(32):
+        expected = (expected * 31 + 1) % 2**64
+    assert rotation_seed(pid(1)) == expected
+    assert rotation_seed(bytes(32)) == 0
+
+
+def test_order_hosts_sorts_bytewise_then_rotates_by_own_id() -> None:
+    ids = [pid(3), pid(1), pid(2)]
+    assert order_hosts(ids, bytes(32)) == [pid(1), pid(2), pid(3)]  # seed 0: no rotation
+    own = bytes(31) + b"\x01"  # seed 1 -> rotate left by 1
+    assert order_hosts(ids, own) == [pid(2), pid(3), pid(1)]
+    own2 = bytes(31) + b"\x05"  # seed 5 -> 5 mod 3 = 2
+    assert order_hosts(ids, own2) == [pid(3), pid(1), pid(2)]
+    assert order_hosts([], own) == []
+    for _ in range(20):
+        rnd = os.urandom(32)
+        out = order_hosts(ids, rnd)
+        assert sorted(out) == sorted(ids)
+        k = rotation_seed(rnd) % 3
+        assert out == sorted(ids)[k:] + sorted(ids)[:k]
+
+
+def test_remote_self_entry_is_direct_and_others_transitive() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    out = st.ingest_gossip(pid(1), [info(2), info(3, Role.CLIENT), info(1, mesh_id="abc")], now=100)
+    assert set(out.new_peers) == {pid(1), pid(2), pid(3)}
+    assert out.adopted_mesh_id == "abc" and st.mesh_id == "abc"
+    assert st.peers[pid(1)].last_direct == 100
+    assert st.peers[pid(2)].last_direct is None and st.peers[pid(2)].last_mention == 100
+    assert st.is_admitted(pid(2))
+    assert not st.is_admitted(pid(9))
+
+
+def test_first_mesh_id_wins() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    st.ingest_gossip(pid(1), [info(1, mesh_id="first")], now=1)
+    out = st.ingest_gossip(pid(2), [info(2, mesh_id="second")], now=2)
+    assert st.mesh_id == "first" and out.adopted_mesh_id is None
+
+
+def test_our_own_entry_is_ignored() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    st.ingest_gossip(pid(1), [info(1), info(200, Role.CLIENT)], now=1)
+    assert ME not in st.peers
+
+
+def test_fresh_direct_info_beats_hearsay() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    st.ingest_gossip(pid(1), [info(1, models=("a",))], now=10)
+    st.ingest_gossip(pid(2), [info(1, models=("stale",)), info(2)], now=20)
+    assert st.peers[pid(1)].info.served_models == ("a",)
+    st.ingest_gossip(pid(2), [info(1, models=("new",)), info(2)], now=10 + STALE_SECS + 1)
+    assert st.peers[pid(1)].info.served_models == ("new",)
+
+
+def test_routable_models_only_from_hosts() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    st.ingest_gossip(pid(1), [info(2, models=("a", "b")), info(3, Role.CLIENT), info(1, models=("a",))], now=1)
+    routes = st.routable_models()
+    assert sorted(routes) == ["a", "b"]
+    assert sorted(routes["a"]) == [pid(1), pid(2)]
+    assert st.hosts_for_model("a") == order_hosts([pid(1), pid(2)], ME)
+    assert st.hosts_for_model("zzz") == []
+    assert sorted(st.any_hosts()) == [pid(1), pid(2)]
+
+
+def test_heartbeat_strikes_and_recent_direct_contact() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    st.ingest_gossip(pid(1), [info(1)], now=0)
+    assert not st.heartbeat_failed(pid(1), now=10)
+    assert not st.heartbeat_failed(pid(1), now=20)  # two strikes, but heard directly < 180 s ago
+    assert st.heartbeat_failed(pid(1), now=STALE_SECS + 1)
+    st.touch(pid(1), now=200)
+    assert st.peers[pid(1)].strikes == 0
+
+
+def test_dead_peers_are_not_readded_by_gossip_until_the_ttl() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    st.ingest_gossip(pid(1), [info(1), info(2)], now=0)
+    assert st.remove(pid(2), now=10)
+    st.ingest_gossip(pid(1), [info(1), info(2)], now=20)
+    assert pid(2) not in st.peers
+    st.ingest_gossip(pid(1), [info(1), info(2)], now=10 + DEAD_TTL_SECS)
+    assert pid(2) in st.peers
+    # a peer gossiping with us directly is alive whatever the dead list said
+    st.remove(pid(1), now=400)
+    st.ingest_gossip(pid(1), [info(1)], now=401)
+    assert pid(1) in st.peers
+
+
+def test_prune_after_360s_without_contact_or_mention() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    st.ingest_gossip(pid(1), [info(1), info(2)], now=0)
+    st.touch(pid(1), now=300)
+    assert st.prune(now=PRUNE_SECS) == [pid(2)]
+    assert list(st.peers) == [pid(1)]
+
+
+def test_gossip_entries_skip_stale_peers() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    st.ingest_gossip(pid(1), [info(1), info(2)], now=0)
+    st.touch(pid(1), now=STALE_SECS)
+    assert [i.endpoint_id for i in st.gossip_entries(now=STALE_SECS + 1)] == [pid(1)]
+
+
+def test_peer_down_reports_are_probed_only_without_recent_contact() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    st.ingest_gossip(pid(1), [info(1), info(2)], now=0)
+    assert not st.should_probe_peer_down(pid(1), now=10)  # heard directly
+    assert st.should_probe_peer_down(pid(2), now=10)  # only hearsay
+    assert not st.should_probe_peer_down(ME, now=10)
+    assert not st.should_probe_peer_down(pid(7), now=10)
+
+
+def test_demand_counts_and_merges_by_max() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    st.record_request("m", now=100)
+    st.record_request("m", now=105)
+    st.record_request("auto", now=105)
+    st.record_request(None, now=105)
+    assert [(d.model_name, d.request_count, d.last_active) for d in st.live_demand(106)] == [("m", 2, 105)]
+    st.ingest_gossip(pid(1), [info(1, demand=(DemandEntry("m", 90, 7), DemandEntry("x", 200, 1)))], now=110)
+    d = {e.model_name: e for e in st.demand.values()}
+    assert (d["m"].request_count, d["m"].last_active) == (7, 105)
+    assert d["x"].request_count == 1
+    assert st.live_demand(200 + 86_400) == []
+
+
+def test_version_bumps_on_visible_change_only() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    v0 = st.version
+    st.ingest_gossip(pid(1), [info(1)], now=0)
+    v1 = st.version
+    assert v1 > v0
+    st.ingest_gossip(pid(1), [info(1)], now=1)
+    assert st.version == v1
