@@ -16,8 +16,12 @@ patched):
   dialled (``bad_certificate`` otherwise).  The server always requests a client
   certificate, refuses an empty one (``certificate_required``) and exposes the
   32-byte client key as the remote EndpointId.
-* The client sends SNI ``<base32-dnssec(id)>.iroh.invalid`` like iroh does
-  (iroh accepts any SNI when dialled and ignores it for verification).
+* The client sends SNI ``<base32-dnssec(id)>.iroh.invalid`` (iroh/src/tls/name.rs).
+  This is required: measured against the ``iroh`` 1.2.0 wheel (iroh 1.4.1), an
+  iroh endpoint does not answer a ClientHello without SNI, or with an SNI
+  naming another key (or "localhost"); it answers only its own name.  So a
+  dial under a wrong EndpointId gets no reply from iroh at all (the dial times
+  out), while a meshd listener answers and the client refuses its key.
 
 The X.509 object aioquic expects in ``Context.certificate`` is replaced by
 :class:`RawPublicKeyCertificate`, which offers the two methods aioquic calls on
