@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 
 __all__ = [
     "ENDPOINT_ID_BYTES",
@@ -83,16 +84,33 @@ def parse_endpoint_id(text: str) -> bytes:
     raise ValueError(f"endpoint id must be 64 hex or 52 base32 chars, got {len(text)} chars")
 
 
+def _jacobi(a: int, n: int) -> int:
+    """Jacobi symbol (a/n) for odd n > 0, by quadratic reciprocity (no modular exponentiation)."""
+    a %= n
+    result = 1
+    while a:
+        while not a & 1:
+            a >>= 1
+            if n & 7 in (3, 5):
+                result = -result
+        a, n = n, a
+        if a & 3 == 3 and n & 3 == 3:
+            result = -result
+        a %= n
+    return result if n == 1 else 0
+
+
+@functools.lru_cache(maxsize=4096)
 def is_valid_ed25519_point(endpoint_id: bytes) -> bool:
-    """Whether 32 bytes decompress to an Ed25519 curve point (ed25519-dalek's rule)."""
+    """Whether 32 bytes decompress to an Ed25519 curve point (ed25519-dalek's rule).
+
+    Results are cached: gossip repeats the same ids every round.
+    """
     if len(endpoint_id) != ENDPOINT_ID_BYTES:
         return False
     y = (int.from_bytes(endpoint_id, "little") & ((1 << 255) - 1)) % _P
     yy = y * y % _P
-    u = (yy - 1) % _P  # x^2 * v = u on the curve -x^2 + y^2 = 1 + d x^2 y^2
+    u = (yy - 1) % _P  # the curve -x^2 + y^2 = 1 + d x^2 y^2 gives x^2 = u / v
     v = (_D * yy + 1) % _P  # never 0: -1/d is not a square mod p
-    if u == 0:
-        return True
-    ratio = u * pow(v, _P - 2, _P) % _P
-    # Euler's criterion: ratio is a non-zero square iff ratio^((p-1)/2) == 1.
-    return pow(ratio, (_P - 1) // 2, _P) == 1
+    # u / v is a square iff u * v is (v != 0); p is prime, so the Jacobi symbol is Legendre's.
+    return _jacobi(u * v, _P) != -1

@@ -43,10 +43,12 @@ __all__ = [
     "IpAddr",
     "decode_token",
     "encode_token",
+    "endpoint_id_hex",
     "format_socket_addr",
     "parse_socket_addr",
     "relay_host_port",
     "relay_tls_hostname",
+    "short_id",
 ]
 
 #: Longest token text :func:`decode_token` looks at (real tokens are a few hundred chars).
