@@ -41,6 +41,9 @@ class Config:
     max_clients: int = 0
     serve_url: str | None = None
     bind_port: int = 0
+    bind_address: str = "0.0.0.0"
+    models: tuple[str, ...] = ()
+    backend_max_inflight: int = 4
     state_dir: Path = attrs.field(factory=lambda: Path("~/.meshd").expanduser())
     log_format: str = "text"
 

@@ -1,18 +1,62 @@
-"""The live node: identity, role, join state and the status every page and route reads."""
+"""The live node: QUIC endpoint, joins, gossip, heartbeats and inbound stream dispatch.
+
+It glues the pure mesh state (``meshd.mesh.state``) and codec (``meshd.protocol``) to the QUIC
+transport (``meshd.quic``). Every decision about peers lives in ``MeshState``; this module only
+moves bytes and keeps connections. Rules: MESH_PROTOCOL.md §2.3, §4.2, §5.4-§5.7, §9.1.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+import socket
+from collections.abc import Callable, Iterable, Sequence
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from meshd import __version__
 from meshd.config import Config, Role
+from meshd.control import STREAM_PROTOCOL_ERROR, Discard, FrameReader, InboundStream, gossip_round_trip, reply_frame
+from meshd.control import send_oneway as _send_oneway
 from meshd.identity import Identity
+from meshd.mesh.state import MeshState, PeerEntry
+from meshd.protocol import node_pb2
+from meshd.protocol.errors import InvalidToken, ProtocolError
+from meshd.protocol.framing import encode_stream_type
+from meshd.protocol.peers import Role as PeerRole
+from meshd.protocol.peers import (
+    build_gossip_frame,
+    build_peer_down,
+    build_peer_leaving,
+    build_self_announcement,
+    peer_info_from_announcement,
+    sanitize_relayed_announcement,
+)
+from meshd.protocol.streams import PROTOCOL_GENERATION, StreamType, allowed_before_admission
+from meshd.protocol.token import EndpointAddr, decode_token, encode_token
+from meshd.protocol.validate import (
+    decode_gossip_frame,
+    decode_peer_down,
+    decode_peer_leaving,
+    decode_route_table_request,
+    decode_tunnel_map,
+    valid_point_announcements,
+)
+from meshd.quic import MeshConnection, QuicEndpoint, QuicStream
+
+JOIN_TIMEOUT = 15.0
+REDIAL_TIMEOUT = 10.0
+HEARTBEAT_INTERVAL = 60.0
+HEARTBEAT_FANOUT = 5
+REJOIN_INTERVAL = 60.0
+LEAVING_FLUSH = 0.2
+SAVE_LAST_MESH_DELAY = 5.0
 
 
 class NodeState(Enum):
@@ -25,22 +69,67 @@ class NodeState(Enum):
 RelayStatus = Callable[[], list[dict[str, Any]]]
 
 
+class JoinError(Exception):
+    """A token could not be joined."""
+
+
+def local_addresses(interface: str, port: int) -> list[tuple[str, int]]:
+    """Addresses to put in our invite token for a socket bound to ``interface:port``."""
+    if interface not in ("0.0.0.0", "::", ""):
+        return [(interface, port)]
+    found: list[tuple[str, int]] = [("127.0.0.1", port)]
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError:
+        infos = []
+    for info in infos:
+        host = str(info[4][0])
+        if not host.startswith("127.") and (host, port) not in found:
+            found.append((host, port))
+    return found
+
+
 class Node(Service):
     _log = Logger()
 
-    def __init__(self, config: Config, identity: Identity, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        config: Config,
+        identity: Identity,
+        reactor: Any,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self.identity = identity
         self._reactor = reactor
+        self._rng = rng or random.Random()
         self.started_at: float | None = None
         self.state = self._initial_state()
-        self.mesh_id: str | None = None
+        peer_role = PeerRole.CLIENT if config.role is Role.CLIENT else PeerRole.HOST
+        self.mesh = MeshState(identity.public_bytes, peer_role)
         self.mesh_name: str | None = config.mesh_name
         self.api_port: int | None = None
         self.console_port: int | None = None
         self.token: str | None = None
         self.relay_status: RelayStatus = list
         self.inflight_requests = 0
+        self.endpoint: QuicEndpoint | None = None
+        self.conns: dict[bytes, MeshConnection] = {}
+        self.announcements: dict[bytes, node_pb2.PeerAnnouncement] = {}
+        self.join_tokens: list[str] = list(config.join_tokens)
+        self.joined_token: str | None = None
+        #: Host role: the models our backend serves right now, and the tunnel handler factory.
+        self.hosted_models: tuple[str, ...] = ()
+        self.tunnel_handler: Callable[[MeshConnection, QuicStream], Any] | None = None
+        self.on_change: list[Callable[[], None]] = []
+        #: Extra ``/api/status`` sections (e.g. ``backend`` on a host), computed on demand.
+        self.status_extras: dict[str, Callable[[], Any]] = {}
+        self._loops: list[LoopingCall] = []
+        self._pending: set[Deferred[Any]] = set()
+        self._dialing: dict[bytes, list[Deferred[MeshConnection]]] = {}
+        self._stopping = False
+        self._leaving: set[bytes] = set()
 
     def _initial_state(self) -> NodeState:
         if self.config.auto:
@@ -49,30 +138,576 @@ class Node(Service):
             return NodeState.JOINING
         return NodeState.STANDALONE
 
+    @property
+    def mesh_id(self) -> str | None:
+        return self.mesh.mesh_id
+
+    @property
+    def is_client(self) -> bool:
+        return self.config.role is Role.CLIENT
+
+    def now(self) -> float:
+        return float(self._reactor.seconds())
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.endpoint is None:
+            self.endpoint = QuicEndpoint(
+                self._reactor, self.identity.private_key, on_connection=self._on_inbound_connection
+            )
+            self.endpoint.listen(self.config.bind_port, interface=self.config.bind_address)
+            port = self.endpoint.getHost().port  # type: ignore[attr-defined]
+            self.token = encode_token(self.own_addr(port))
+
     def startService(self) -> None:
+        if self.endpoint is None:
+            self.privilegedStartService()
         super().startService()
-        self.started_at = self._reactor.seconds()
+        self.started_at = self.now()
         self._log.info(
-            "node {node_id} starting as {role} ({state})",
+            "node {node_id} starting as {role} ({state}); QUIC on {bind}, token {token}",
             event="node_start",
             node_id=self.identity.short_id,
             endpoint_id=self.identity.endpoint_id,
             role=self.config.role.value,
             state=self.state.value,
+            bind=self.quic_address(),
+            token=self.token,
         )
+        self._start_loop(self.heartbeat, HEARTBEAT_INTERVAL)
+        self._start_loop(self._rejoin, REJOIN_INTERVAL)
+        if self.join_tokens:
+            self._track(self.join_any(self.join_tokens))
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+        for d in list(self._pending):
+            d.cancel()
+        for conn in list(self.conns.values()):
+            try:
+                _send_oneway(conn, StreamType.PEER_LEAVING, build_peer_leaving(self.identity.public_bytes))
+            except Exception:
+                pass
+
+        async def finish() -> None:
+            if self.conns:
+                d: Deferred[None] = Deferred()
+                self._reactor.callLater(LEAVING_FLUSH, d.callback, None)
+                await d
+            if self.endpoint is not None:
+                endpoint, self.endpoint = self.endpoint, None
+                await endpoint.stop()
+
+        return Deferred.fromCoroutine(finish())
+
+    def _start_loop(self, fn: Callable[[], Any], interval: float) -> None:
+        loop = LoopingCall(fn)
+        loop.clock = self._reactor
+        loop.start(interval, now=False).addErrback(self._loop_failed)
+        self._loops.append(loop)
+
+    def _loop_failed(self, failure: Failure) -> None:
+        self._log.failure("periodic task failed", failure=failure, event="loop_error")
+
+    def _track(self, d: Deferred[Any]) -> Deferred[Any]:
+        self._pending.add(d)
+
+        def done(result: Any) -> Any:
+            self._pending.discard(d)
+            return result
+
+        d.addBoth(done)
+        return d
+
+    def quic_address(self) -> str:
+        if self.endpoint is None:
+            return "-"
+        host = self.endpoint.getHost()
+        return f"{host.host}:{host.port}"  # type: ignore[attr-defined]
+
+    def own_addr(self, port: int | None = None) -> EndpointAddr:
+        if port is None:
+            port = self.endpoint.getHost().port if self.endpoint else 0  # type: ignore[attr-defined]
+        return EndpointAddr(self.identity.public_bytes, ip_addrs=local_addresses(self.config.bind_address, port))
 
     def set_state(self, state: NodeState) -> None:
         if state is not self.state:
             self._log.info("node state {old} -> {new}", event="node_state", old=self.state.value, new=state.value)
             self.state = state
+            self.notify_changed()
+
+    def notify_changed(self) -> None:
+        for cb in list(self.on_change):
+            cb()
 
     @property
     def uptime(self) -> float:
-        return 0.0 if self.started_at is None else max(0.0, self._reactor.seconds() - self.started_at)
+        return 0.0 if self.started_at is None else max(0.0, self.now() - self.started_at)
+
+    # -- joining --------------------------------------------------------------------------------
+
+    def join_any(self, tokens: Sequence[str]) -> Deferred[str | None]:
+        """Try tokens in order; the first that joins wins (the join list shrinks to it)."""
+
+        async def run() -> str | None:
+            if self.state is not NodeState.JOINED:
+                self.set_state(NodeState.JOINING)
+            for token in tokens:
+                try:
+                    await self.join(token)
+                except Exception as e:
+                    self._log.warn("join failed: {err}", err=_describe(e), event="join_failed")
+                    continue
+                self.joined_token = token
+                self.join_tokens = [token]
+                return token
+            if self.state is not NodeState.JOINED:
+                self._log.warn("failed to join any peer; running standalone", event="standalone")
+                self.set_state(NodeState.STANDALONE)
+            return None
+
+        return Deferred.fromCoroutine(run())
+
+    def join(self, token: str) -> Deferred[MeshConnection]:
+        try:
+            addr = decode_token(token)
+        except InvalidToken as e:
+            return _failed(JoinError(f"bad invite token: {e}"))
+        self.mesh.dead.pop(addr.id, None)
+        return self.connect_to_peer(addr, JOIN_TIMEOUT)
+
+    def connect_to_peer(self, addr: EndpointAddr, timeout: float) -> Deferred[MeshConnection]:
+        """Dial (unless connected), gossip, and dial the peers it told us about."""
+        if addr.id == self.identity.public_bytes:
+            return _failed(JoinError("that token is our own"))
+        existing = self.conns.get(addr.id)
+        if existing is not None and existing.is_connected and self.mesh.is_admitted(addr.id):
+            return succeed(existing)
+        if self.mesh.recently_dead(addr.id, self.now()):
+            return _failed(JoinError(f"peer {addr.short_id} was declared dead recently"))
+
+        async def run() -> MeshConnection:
+            conn = await self.connection_to(addr, timeout)
+            await self.gossip_with(conn, timeout)
+            self._dial_learned_peers()
+            return conn
+
+        return self._track(Deferred.fromCoroutine(run()))
+
+    def connection_to(self, addr: EndpointAddr, timeout: float) -> Deferred[MeshConnection]:
+        """An open connection to ``addr.id``: the existing one, or a new dial (one at a time)."""
+        existing = self.conns.get(addr.id)
+        if existing is not None and existing.is_connected:
+            return succeed(existing)
+        if self.endpoint is None:
+            return _failed(JoinError("node is not running"))
+        mine: Deferred[MeshConnection] = Deferred()
+        waiters = self._dialing.get(addr.id)
+        if waiters is not None:
+            waiters.append(mine)  # share the dial already under way
+            return mine
+        targets = list(addr.dialable_ip_addrs())
+        if not targets:
+            return _failed(JoinError(f"no address to dial for {addr.short_id}"))
+        self._dialing[addr.id] = [mine]
+
+        def done(result: MeshConnection | Failure) -> None:
+            waiting = self._dialing.pop(addr.id, [])
+            if not isinstance(result, Failure):
+                self._adopt(result)
+            for w in waiting:
+                if w.called:
+                    continue
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result)
+
+        self.endpoint.dial(addr.id, targets, timeout=timeout).addBoth(done)
+        return mine
+
+    def connection_for(self, peer_id: bytes, timeout: float = REDIAL_TIMEOUT) -> Deferred[MeshConnection]:
+        """A connection to a known peer, dialling its gossiped address when needed."""
+        conn = self.conns.get(peer_id)
+        if conn is not None and conn.is_connected:
+            return succeed(conn)
+        entry = self.mesh.peers.get(peer_id)
+        if entry is None:
+            return _failed(JoinError(f"unknown peer {peer_id.hex()[:10]}"))
+        return self.connection_to(entry.info.addr, timeout)
+
+    def gossip_with(self, conn: MeshConnection, timeout: float) -> Deferred[None]:
+        async def run() -> None:
+            reply = await gossip_round_trip(conn, self.gossip_frame(), self._reactor, timeout)
+            assert conn.remote_id is not None
+            self._apply_gossip(conn.remote_id, reply)
+
+        return Deferred.fromCoroutine(run())
+
+    def _dial_learned_peers(self) -> None:
+        for pid, entry in list(self.mesh.peers.items()):
+            if pid in self.conns or pid in self._dialing or self._stopping:
+                continue
+            if self.is_client and entry.info.role is PeerRole.CLIENT:
+                continue  # clients don't dial clients
+            if not entry.info.addr.dialable_ip_addrs():
+                continue
+            d = self.connect_to_peer(entry.info.addr, REDIAL_TIMEOUT)
+            d.addErrback(self._log_dial_failure, pid)
+
+    def _log_dial_failure(self, failure: Failure, pid: bytes) -> None:
+        self._log.info(
+            "could not reach peer {peer}: {err}", peer=pid.hex()[:10], err=_describe(failure.value), event="dial_failed"
+        )
+
+    def _rejoin(self) -> None:
+        if self.join_tokens and not self._stopping:
+            d = self.join_any(self.join_tokens)
+            d.addErrback(lambda f: None)
+
+    # -- gossip ---------------------------------------------------------------------------------
+
+    def self_announcement(self) -> node_pb2.PeerAnnouncement:
+        now = self.now()
+        if self.is_client:
+            return build_self_announcement(
+                addr=self.own_addr(),
+                version=__version__,
+                mesh_id=self.mesh.mesh_id,
+                demand=self.mesh.live_demand(now),
+            )
+        return build_self_announcement(
+            addr=self.own_addr(),
+            version=__version__,
+            role=PeerRole.HOST,
+            http_port=self.api_port or self.config.api_port or 9337,
+            hosted_models=self.hosted_models,
+            mesh_id=self.mesh.mesh_id,
+            demand=self.mesh.live_demand(now),
+        )
+
+    def gossip_frame(self) -> node_pb2.GossipFrame:
+        now = self.now()
+        relayed = [
+            sanitize_relayed_announcement(self.announcements[i.endpoint_id])
+            for i in self.mesh.gossip_entries(now)
+            if i.endpoint_id in self.announcements
+        ]
+        return build_gossip_frame(self.identity.public_bytes, self.self_announcement(), relayed)
+
+    def _apply_gossip(self, remote_id: bytes, frame: node_pb2.GossipFrame) -> None:
+        anns = valid_point_announcements(frame.peers)
+        infos = []
+        for ann in anns:
+            try:
+                info = peer_info_from_announcement(ann)
+            except ValueError:
+                continue
+            infos.append(info)
+            if ann.endpoint_id != self.identity.public_bytes:
+                self.announcements[bytes(ann.endpoint_id)] = ann
+        outcome = self.mesh.ingest_gossip(remote_id, infos, self.now())
+        if outcome.adopted_mesh_id:
+            self._log.info("mesh id {mesh_id}", mesh_id=outcome.adopted_mesh_id, event="mesh_id")
+            self._reactor.callLater(SAVE_LAST_MESH_DELAY, self._save_last_mesh)
+        if self.state is not NodeState.JOINED and remote_id in self.mesh.peers:
+            self.set_state(NodeState.JOINED)
+        if outcome.updated or outcome.adopted_mesh_id:
+            self.notify_changed()
+
+    def _save_last_mesh(self) -> None:
+        if self.mesh.mesh_id is None or self._stopping:
+            return
+        try:
+            path = Path(self.config.state_dir)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (path / "last-mesh").write_text(self.mesh.mesh_id)
+        except OSError as e:
+            self._log.warn("cannot save last-mesh: {err}", err=str(e), event="state_write_failed")
+
+    # -- connections and inbound streams -------------------------------------------------------
+
+    def _on_inbound_connection(self, conn: MeshConnection) -> None:
+        self._adopt(conn)
+
+    def _adopt(self, conn: MeshConnection) -> None:
+        rid = conn.remote_id
+        assert rid is not None
+        old = self.conns.get(rid)
+        self.conns[rid] = conn  # the newest connection wins; the old one ends on its own
+        if old is not None and old is not conn:
+            self._log.debug("replacing connection to {peer}", peer=rid.hex()[:10])
+        conn.on_stream = lambda stream: stream.set_receiver(InboundStream(conn, stream, self._dispatch))
+        conn.when_closed().addCallback(lambda reason: self._connection_closed(conn, reason))
+
+    def _connection_closed(self, conn: MeshConnection, reason: Any) -> None:
+        rid = conn.remote_id
+        if rid is None or self.conns.get(rid) is not conn:
+            return
+        del self.conns[rid]
+        self.notify_changed()
+        if self._stopping or rid in self._leaving or rid not in self.mesh.peers:
+            return
+        # Re-dial the peer's last known address and re-gossip; drop it if that fails.
+        entry = self.mesh.peers[rid]
+        if self.is_client and entry.info.role is PeerRole.CLIENT:
+            return
+        d = self.connect_to_peer(entry.info.addr, REDIAL_TIMEOUT)
+        d.addErrback(self._redial_failed, rid)
+
+    def _redial_failed(self, failure: Failure, rid: bytes) -> None:
+        self._log.info("lost peer {peer}: {err}", peer=rid.hex()[:10], err=_describe(failure.value), event="peer_lost")
+        if self.mesh.remove(rid, self.now()):
+            self.notify_changed()
+        self._check_alone()
+
+    def _check_alone(self) -> None:
+        if self.state is NodeState.JOINED and not self.mesh.peers:
+            self.set_state(NodeState.STANDALONE if not self.config.auto else NodeState.DISCOVERING)
+
+    def _dispatch(self, conn: MeshConnection, stream: QuicStream, stream_type: StreamType) -> Any:
+        rid = conn.remote_id
+        assert rid is not None
+        if not allowed_before_admission(stream_type) and not self.mesh.is_admitted(rid):
+            self._log.info(
+                "dropping {type} stream from unadmitted {peer}",
+                type=stream_type.name,
+                peer=rid.hex()[:10],
+                event="stream_unadmitted",
+            )
+            _drop(stream)
+            return None
+        self.mesh.touch(rid, self.now())
+        if stream_type is StreamType.GOSSIP:
+            reader = FrameReader(stream)
+            reader.result.addCallbacks(
+                self._answer_gossip, self._bad_frame, callbackArgs=(conn, stream), errbackArgs=(conn, "gossip")
+            )
+            return reader
+        if stream_type is StreamType.ROUTE_REQUEST:
+            reader = FrameReader(stream)
+            reader.result.addCallbacks(
+                self._answer_route_request, self._bad_frame, callbackArgs=(stream,), errbackArgs=(conn, "route")
+            )
+            return reader
+        if stream_type is StreamType.PEER_LEAVING:
+            reader = FrameReader(stream, wait_eof=False)
+            reader.result.addCallbacks(
+                self._peer_leaving, self._bad_frame, callbackArgs=(conn,), errbackArgs=(conn, "peer-leaving")
+            )
+            return reader
+        if stream_type is StreamType.PEER_DOWN:
+            reader = FrameReader(stream, wait_eof=False)
+            reader.result.addCallbacks(
+                self._peer_down, self._bad_frame, callbackArgs=(conn,), errbackArgs=(conn, "peer-down")
+            )
+            return reader
+        if stream_type is StreamType.TUNNEL_MAP:
+            reader = FrameReader(stream, wait_eof=False)
+            reader.result.addCallbacks(
+                self._tunnel_map, self._bad_frame, callbackArgs=(conn,), errbackArgs=(conn, "tunnel-map")
+            )
+            return reader
+        if stream_type is StreamType.TUNNEL_HTTP and self.tunnel_handler is not None:
+            return self.tunnel_handler(conn, stream)
+        self._log.info(
+            "dropping {type} stream from {peer}", type=stream_type.name, peer=rid.hex()[:10], event="stream_ignored"
+        )
+        _drop(stream)
+        return None
+
+    def _bad_frame(self, failure: Failure, conn: MeshConnection, what: str) -> None:
+        self._log.info(
+            "bad {what} stream from {peer}: {err}",
+            what=what,
+            peer=(conn.remote_id or b"").hex()[:10],
+            err=_describe(failure.value),
+            event="bad_frame",
+        )
+
+    def _answer_gossip(self, body: bytes, conn: MeshConnection, stream: QuicStream) -> None:
+        assert conn.remote_id is not None
+        try:
+            frame = decode_gossip_frame(body, conn.remote_id)
+        except ProtocolError as e:
+            self._log.info(
+                "rejected gossip from {peer}: {err}", peer=conn.remote_id.hex()[:10], err=str(e), event="bad_gossip"
+            )
+            stream.reset(STREAM_PROTOCOL_ERROR)
+            return
+        reply_frame(stream, self.gossip_frame())
+        self._apply_gossip(conn.remote_id, frame)
+        self._dial_learned_peers()
+
+    def _answer_route_request(self, body: bytes, stream: QuicStream) -> None:
+        try:
+            decode_route_table_request(body)
+        except ProtocolError:
+            stream.reset(STREAM_PROTOCOL_ERROR)
+            return
+        table = node_pb2.RouteTable(gen=PROTOCOL_GENERATION)
+        if self.mesh.mesh_id:
+            table.mesh_id = self.mesh.mesh_id
+        for model, ids in sorted(self.mesh.routable_models().items()):
+            for pid in ids:
+                table.entries.add(endpoint_id=pid, model=model)
+        if not self.is_client:
+            for model in self.hosted_models:
+                table.entries.add(endpoint_id=self.identity.public_bytes, model=model)
+        reply_frame(stream, table)
+
+    def _peer_leaving(self, body: bytes, conn: MeshConnection) -> None:
+        assert conn.remote_id is not None
+        try:
+            decode_peer_leaving(body, conn.remote_id)
+        except ProtocolError as e:
+            self._log.info("ignored PEER_LEAVING: {err}", err=str(e), event="bad_frame")
+            return
+        rid = conn.remote_id
+        self._log.info("peer {peer} is leaving", peer=rid.hex()[:10], event="peer_leaving")
+        self._leaving.add(rid)
+        if self.mesh.remove(rid, self.now(), dead=False):
+            self.notify_changed()
+        self._check_alone()
+
+    def _peer_down(self, body: bytes, conn: MeshConnection) -> None:
+        try:
+            msg = decode_peer_down(body)
+        except ProtocolError as e:
+            self._log.info("ignored PEER_DOWN: {err}", err=str(e), event="bad_frame")
+            return
+        dead = bytes(msg.peer_id)
+        if not self.mesh.should_probe_peer_down(dead, self.now()):
+            return
+        self._log.info("peer {peer} reported down; probing", peer=dead.hex()[:10], event="peer_down_report")
+        existing = self.conns.get(dead)
+        probe: Deferred[Any]
+        if existing is not None and existing.is_connected:
+            probe = self.gossip_with(existing, 3.0)
+        elif dead in self.mesh.peers and self.mesh.peers[dead].info.addr.dialable_ip_addrs():
+            probe = self.connect_to_peer(self.mesh.peers[dead].info.addr, 5.0)
+        else:
+            probe = _failed(JoinError("no way to reach the peer"))
+
+        def gone(_: Failure) -> None:
+            if self.mesh.remove(dead, self.now()):
+                self._log.info("peer {peer} removed after PEER_DOWN", peer=dead.hex()[:10], event="peer_removed")
+                self.notify_changed()
+            self._check_alone()
+
+        probe.addErrback(gone)
+
+    def _tunnel_map(self, body: bytes, conn: MeshConnection) -> None:
+        assert conn.remote_id is not None
+        try:
+            decode_tunnel_map(body, conn.remote_id)
+        except ProtocolError as e:
+            self._log.info("ignored TUNNEL_MAP: {err}", err=str(e), event="bad_frame")
+
+    # -- periodic duties ------------------------------------------------------------------------
+
+    def heartbeat(self) -> Deferred[Any]:
+        """Gossip with every peer we talk to directly (5 random ones if more), prune the rest."""
+        now = self.now()
+        for pid in self.mesh.prune(now):
+            self.announcements.pop(pid, None)
+            self.notify_changed()
+        candidates = [
+            e
+            for e in self.mesh.peers.values()
+            if e.endpoint_id in self.conns or not (self.is_client and e.info.role is PeerRole.CLIENT)
+        ]
+        candidates = [e for e in candidates if e.endpoint_id in self.conns or e.info.addr.dialable_ip_addrs()]
+        if len(candidates) > HEARTBEAT_FANOUT:
+            candidates = self._rng.sample(candidates, HEARTBEAT_FANOUT)
+        ds = [self._heartbeat_one(e) for e in candidates]
+        return DeferredList(ds, consumeErrors=True)
+
+    def _heartbeat_one(self, entry: PeerEntry) -> Deferred[None]:
+        pid = entry.endpoint_id
+
+        async def run() -> None:
+            conn = await self.connection_for(pid, REDIAL_TIMEOUT)
+            await self.gossip_with(conn, REDIAL_TIMEOUT)
+
+        d = self._track(Deferred.fromCoroutine(run()))
+        d.addErrback(self._heartbeat_failed, pid)
+        return d
+
+    def _heartbeat_failed(self, failure: Failure, pid: bytes) -> None:
+        if self._stopping:
+            return
+        if self.mesh.heartbeat_failed(pid, self.now()):
+            self._log.info("peer {peer} is dead", peer=pid.hex()[:10], event="peer_dead")
+            self.mesh.remove(pid, self.now())
+            self.announcements.pop(pid, None)
+            self.broadcast_peer_down(pid)
+            self.notify_changed()
+            self._check_alone()
+
+    def broadcast_peer_down(self, dead: bytes) -> None:
+        for rid, conn in list(self.conns.items()):
+            if rid == dead or not conn.is_connected:
+                continue
+            try:
+                _send_oneway(conn, StreamType.PEER_DOWN, build_peer_down(dead))
+            except Exception as e:
+                self._log.info("PEER_DOWN to {peer} failed: {err}", peer=rid.hex()[:10], err=str(e))
+
+    # -- tunnels (client side) ------------------------------------------------------------------
+
+    def open_tunnel(self, peer_id: bytes, timeout: float = REDIAL_TIMEOUT) -> Deferred[QuicStream]:
+        """A new TUNNEL_HTTP stream to ``peer_id`` with the type byte already written."""
+
+        async def run() -> QuicStream:
+            conn = await self.connection_for(peer_id, timeout)
+            stream = conn.open_stream()
+            stream.write(encode_stream_type(StreamType.TUNNEL_HTTP))
+            return stream
+
+        return Deferred.fromCoroutine(run())
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def peer_rows(self) -> list[dict[str, Any]]:
+        now = self.now()
+        rows = []
+        for pid, entry in sorted(self.mesh.peers.items()):
+            conn = self.conns.get(pid)
+            rtt = None
+            if conn is not None and conn.is_connected:
+                rtt = round(conn.stats().rtt_smoothed * 1000, 2)
+            info = entry.info
+            rows.append(
+                {
+                    "id": entry.info.addr.short_id,
+                    "endpoint_id": pid.hex(),
+                    "role": info.role.value.capitalize(),
+                    "models": list(info.served_models),
+                    "serving_models": list(info.serving_models),
+                    "hosted_models": list(info.hosted_models),
+                    "version": info.version,
+                    "vram_gb": round(info.vram_bytes / 1e9, 2),
+                    "rtt_ms": rtt,
+                    "connected": conn is not None and conn.is_connected,
+                    "path": "direct" if conn is not None and conn.is_connected else None,
+                    "last_seen_secs_ago": round(now - entry.last_heard(), 1),
+                    "hostname": info.hardware.hostname,
+                    "mesh_id": info.mesh_id,
+                }
+            )
+        return rows
 
     def status(self) -> dict[str, Any]:
         """The ``/api/status`` payload; keys follow mesh-llm's StatusPayload where it has them."""
-        is_client = self.config.role is Role.CLIENT
+        is_client = self.is_client
         return {
             "version": __version__,
             "node_id": self.identity.short_id,
@@ -85,11 +720,36 @@ class Node(Service):
             "is_host": not is_client,
             "api_port": self.api_port,
             "console_port": self.console_port,
+            "quic_address": self.quic_address(),
             "uptime_secs": round(self.uptime, 3),
-            "peers": [],
-            "mesh_id": self.mesh_id,
+            "peers": self.peer_rows(),
+            "mesh_id": self.mesh.mesh_id,
             "mesh_name": self.mesh_name,
+            "hosted_models": list(self.hosted_models),
             "inflight_requests": self.inflight_requests,
             "headless": self.config.headless,
             "nostr_discovery": self.relay_status(),
-        }
+        } | {key: fn() for key, fn in self.status_extras.items()}
+
+
+def _drop(stream: QuicStream) -> None:
+    """Drop a stream as mesh-llm does: FIN our side, stop reading theirs."""
+    stream.set_receiver(Discard())
+    stream.loseWriteConnection()
+
+
+def _failed(exc: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(exc)
+    return d
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def short_ids(ids: Iterable[bytes]) -> list[str]:
+    return [i.hex()[:10] for i in ids]

@@ -31,6 +31,7 @@ def _install_asyncio_reactor() -> str | None:
 # Before anything below imports klein or treq (which would install the default reactor).
 _FOREIGN_REACTOR = _install_asyncio_reactor()
 
+import ipaddress  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
@@ -49,8 +50,10 @@ from meshd.config import (  # noqa: E402
     Config,
     Role,
 )
+from meshd.host import BackendWatch  # noqa: E402
 from meshd.identity import Identity, IdentityError, load_or_create_key  # noqa: E402
 from meshd.node import Node  # noqa: E402
+from meshd.tunnel import Backend  # noqa: E402
 from meshd.web.api import APIApp  # noqa: E402
 from meshd.web.console import ConsoleApp  # noqa: E402
 from meshd.web.listen import TCPListenService  # noqa: E402
@@ -92,6 +95,8 @@ class Options(usage.Options):
         ["max-clients", None, None, "Delist when this many clients are connected (needs --publish)."],
         ["serve", None, None, "Host role: share this OpenAI-compatible backend URL into a mesh."],
         ["bind-port", None, "0", "UDP port for QUIC (0 = an ephemeral port)."],
+        ["bind-address", None, "0.0.0.0", "Address the QUIC UDP socket binds (peers must reach it)."],
+        ["backend-max-inflight", None, "4", "Host: requests relayed to the backend at once; more are refused."],
         ["state-dir", None, "~/.meshd", "Folder for keys and state."],
         ["log-format", None, "text", "Log output: text or json (one JSON object per line)."],
     ]
@@ -100,6 +105,7 @@ class Options(usage.Options):
         super().__init__()
         self["join"] = []
         self["nostr-relay"] = []
+        self["model"] = []
 
     def opt_join(self, token: str) -> None:
         """Join the mesh behind this invite token (repeatable; tried in order)."""
@@ -110,6 +116,10 @@ class Options(usage.Options):
     def opt_nostr_relay(self, url: str) -> None:
         """Nostr relay URL for discovery and publishing (repeatable; replaces the defaults)."""
         self["nostr-relay"].append(url)
+
+    def opt_model(self, name: str) -> None:
+        """Host: advertise this model name (repeatable; default: the backend's /v1/models)."""
+        self["model"].append(name)
 
     def opt_version(self) -> None:
         """Print meshd's version and exit."""
@@ -147,6 +157,8 @@ class Options(usage.Options):
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise usage.UsageError(f"--serve needs an http(s)://host[:port] URL, got {serve!r}")
         if role is Role.CLIENT:
+            if self["model"]:
+                raise usage.UsageError("--model names what a host serves; it needs --serve")
             if self["publish"]:
                 raise usage.UsageError("--publish is for hosts (--serve); clients never publish")
             for flag in ("region", "max-clients"):
@@ -179,6 +191,20 @@ class Options(usage.Options):
         for token in self["join"]:
             if not token.strip():
                 raise usage.UsageError("--join needs a non-empty invite token")
+        try:
+            inflight = int(self["backend-max-inflight"])
+        except ValueError:
+            raise usage.UsageError("--backend-max-inflight must be a number") from None
+        if inflight < 1:
+            raise usage.UsageError("--backend-max-inflight must be at least 1")
+        bind_address = self["bind-address"]
+        try:
+            ipaddress.ip_address(bind_address)
+        except ValueError:
+            raise usage.UsageError(f"--bind-address must be an IP address, got {bind_address!r}") from None
+        for name in self["model"]:
+            if not name.strip():
+                raise usage.UsageError("--model must not be empty")
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format must be text or json, got {self['log-format']!r}")
         return Config(
@@ -196,6 +222,9 @@ class Options(usage.Options):
             max_clients=max_clients,
             serve_url=serve,
             bind_port=_port(self["bind-port"], "--bind-port"),
+            bind_address=bind_address,
+            models=tuple(self["model"]),
+            backend_max_inflight=inflight,
             state_dir=Path(self["state-dir"]).expanduser(),
             log_format=self["log-format"],
         )
@@ -267,6 +296,14 @@ def build_service(config: Config, reactor: Any) -> MeshdService:
     else:
         identity = Identity.generate()
     node = Node(config, identity, reactor)
+    extra: list[tuple[str, Any]] = []
+    if config.role is Role.HOST:
+        assert config.serve_url is not None
+        watch = BackendWatch(
+            reactor, node, Backend(reactor, config.serve_url, config.backend_max_inflight), config.models
+        )
+        node.status_extras["backend"] = watch.status
+        extra.append(("backend", watch))
     api_site = Site(APIApp(node).resource())
     api_site.displayTracebacks = False
     console_site = Site(ConsoleApp(node).resource())
@@ -274,7 +311,7 @@ def build_service(config: Config, reactor: Any) -> MeshdService:
     api = TCPListenService(reactor, config.interface, config.api_port, api_site)
     console = TCPListenService(reactor, config.interface, config.console_port, console_site)
     top = MeshdService(reactor, config, node, api, console)
-    for name, svc in (("node", node), ("api", api), ("console", console)):
+    for name, svc in (("node", node), *extra, ("api", api), ("console", console)):
         svc.setName(name)
         svc.setServiceParent(top)
     return top

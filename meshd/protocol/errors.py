@@ -100,9 +100,7 @@ class ForgedSender(InvalidFrame):
     """An id field that must equal the connection's TLS identity does not."""
 
     def __init__(self, field: str, claimed: bytes, remote: bytes) -> None:
-        super().__init__(
-            f"{field} {claimed[:5].hex()} does not match the connection identity {remote[:5].hex()}"
-        )
+        super().__init__(f"{field} {claimed[:5].hex()} does not match the connection identity {remote[:5].hex()}")
         self.field = field
         self.claimed = claimed
         self.remote = remote

@@ -176,9 +176,7 @@ def _addr_from_proto(ann: node_pb2.PeerAnnouncement) -> EndpointAddr:
 
 def _descriptor_models(ann: node_pb2.PeerAnnouncement) -> tuple[str, ...]:
     names = tuple(
-        d.identity.model_name
-        for d in ann.served_model_descriptors
-        if d.HasField("identity") and d.identity.model_name
+        d.identity.model_name for d in ann.served_model_descriptors if d.HasField("identity") and d.identity.model_name
     )
     if names:
         return names

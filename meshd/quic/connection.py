@@ -381,7 +381,5 @@ class MeshConnection:
             self._ended_peer_streams.add(stream.stream_id)
             if len(self._ended_peer_streams) > 256:
                 # aioquic emits nothing more for streams it has discarded.
-                self._ended_peer_streams = {
-                    sid for sid in self._ended_peer_streams if not self._quic.is_discarded(sid)
-                }
+                self._ended_peer_streams = {sid for sid in self._ended_peer_streams if not self._quic.is_discarded(sid)}
         self._transmit_soon()

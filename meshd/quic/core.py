@@ -157,9 +157,7 @@ class MeshQuicConnection(QuicConnection):
         """Drop the consumption record of a stream that is over."""
         self._rx_consumed.pop(stream_id, None)
 
-    def _write_stream_limits(
-        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: _AioStream
-    ) -> None:
+    def _write_stream_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: _AioStream) -> None:
         window = self.limits.stream_window
         stream_id = stream.stream_id
         assert stream_id is not None

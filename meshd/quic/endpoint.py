@@ -307,9 +307,7 @@ class QuicEndpoint(DatagramProtocol):
 
         def failed(failure: Failure) -> None:
             self._pending_inbound.discard(conn)
-            self._log.info(
-                "inbound handshake from {addr} failed: {reason}", addr=address, reason=conn.close_reason
-            )
+            self._log.info("inbound handshake from {addr} failed: {reason}", addr=address, reason=conn.close_reason)
 
         conn.when_handshake_done().addCallbacks(ready, failed)
         conn.datagram_received(data, address)

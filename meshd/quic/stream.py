@@ -129,9 +129,7 @@ class QuicStream:
         if self._tx_fin:
             raise RuntimeError("write after loseWriteConnection")
         if self._tx_done or self._closed:
-            self._log.debug(
-                "stream {sid}: dropping {n} bytes written after stop", sid=self.stream_id, n=len(data)
-            )
+            self._log.debug("stream {sid}: dropping {n} bytes written after stop", sid=self.stream_id, n=len(data))
             return
         if not data:
             return
@@ -314,9 +312,7 @@ class QuicStream:
         try:
             getattr(self._receiver, name)(*args)
         except Exception:
-            self._log.failure(
-                "stream {sid}: receiver.{name} raised; resetting", sid=self.stream_id, name=name
-            )
+            self._log.failure("stream {sid}: receiver.{name} raised; resetting", sid=self.stream_id, name=name)
             self.reset(_STREAM_ERROR_INTERNAL)
             return False
         return True

@@ -20,8 +20,7 @@ from meshd.protocol.token import (
 
 # The real example from the mesh-llm repository history quoted in §2.1.
 GOLDEN_JSON = (
-    '{"id":"62b57b5ab8416a62690102d22e8bc9f5df8cf1b9cb41845b3599d2d97ef2645c",'
-    '"addrs":[{"Ip":"192.168.1.206:41944"}]}'
+    '{"id":"62b57b5ab8416a62690102d22e8bc9f5df8cf1b9cb41845b3599d2d97ef2645c","addrs":[{"Ip":"192.168.1.206:41944"}]}'
 )
 GOLDEN_ID = bytes.fromhex("62b57b5ab8416a62690102d22e8bc9f5df8cf1b9cb41845b3599d2d97ef2645c")
 RELAY = "https://usw1-2.relay.michaelneale.mesh-llm.iroh.link./"

@@ -146,9 +146,7 @@ def test_missing_client_certificate_is_refused() -> None:
     p.run_out(p.server)
     terminated = p.of("server", events.ConnectionTerminated)
     assert terminated
-    assert (
-        terminated[0].error_code == QuicErrorCode.CRYPTO_ERROR + aiotls.AlertDescription.certificate_required
-    )
+    assert terminated[0].error_code == QuicErrorCode.CRYPTO_ERROR + aiotls.AlertDescription.certificate_required
 
 
 def test_alpn_mismatch_is_refused() -> None:
@@ -177,9 +175,7 @@ def test_server_refuses_client_without_raw_public_key_extensions() -> None:
 
     def initialize(peer_cid: bytes) -> None:
         original(peer_cid)
-        p.client.tls.handshake_extensions = [
-            e for e in p.client.tls.handshake_extensions if e[0] not in (19, 20)
-        ]
+        p.client.tls.handshake_extensions = [e for e in p.client.tls.handshake_extensions if e[0] not in (19, 20)]
 
     p.client._initialize = initialize  # type: ignore[method-assign]
     p.connect()
@@ -188,9 +184,7 @@ def test_server_refuses_client_without_raw_public_key_extensions() -> None:
     assert not p.of("server", events.HandshakeCompleted)
     p.run_out(p.server)
     terminated = p.of("server", events.ConnectionTerminated)
-    assert terminated[0].error_code == (
-        QuicErrorCode.CRYPTO_ERROR + aiotls.AlertDescription.unsupported_certificate
-    )
+    assert terminated[0].error_code == (QuicErrorCode.CRYPTO_ERROR + aiotls.AlertDescription.unsupported_certificate)
 
 
 def test_stream_echo_and_fin_each_way() -> None:

@@ -305,9 +305,7 @@ class BulkProducer:
 
 
 def test_backpressure_both_ways() -> None:
-    limits = TransportLimits(
-        stream_window=128 * 1024, connection_window=512 * 1024, send_high_water=128 * 1024
-    )
+    limits = TransportLimits(stream_window=128 * 1024, connection_window=512 * 1024, send_high_water=128 * 1024)
     w = World(limits)
     w.server_echo = False
     conn = w.connected()
