@@ -40,7 +40,6 @@ from twisted.application.service import IService, MultiService  # noqa: E402
 from twisted.internet.error import CannotListenError  # noqa: E402
 from twisted.logger import Logger  # noqa: E402
 from twisted.python import usage  # noqa: E402
-from twisted.web.server import Site  # noqa: E402
 
 from meshd import __version__  # noqa: E402
 from meshd.config import (  # noqa: E402
@@ -304,10 +303,8 @@ def build_service(config: Config, reactor: Any) -> MeshdService:
         )
         node.status_extras["backend"] = watch.status
         extra.append(("backend", watch))
-    api_site = Site(APIApp(node).resource())
-    api_site.displayTracebacks = False
-    console_site = Site(ConsoleApp(node).resource())
-    console_site.displayTracebacks = False
+    api_site = APIApp(node, reactor).site()
+    console_site = ConsoleApp(node).site()
     api = TCPListenService(reactor, config.interface, config.api_port, api_site)
     console = TCPListenService(reactor, config.interface, config.console_port, console_site)
     top = MeshdService(reactor, config, node, api, console)

@@ -1,4 +1,8 @@
-"""The OpenAI-compatible front door (``--port``, default 9337)."""
+"""The OpenAI-compatible front door (``--port``, default 9337).
+
+``GET /v1/models`` is answered locally from the mesh state; every other path is tunnelled to a
+host that serves the request's model (``meshd.web.proxy``). Errors use OpenAI's envelope.
+"""
 
 from __future__ import annotations
 
@@ -10,37 +14,56 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from meshd.httpwire import openai_error_body
 from meshd.node import Node
 from meshd.web.errors import json_body, openai_error
+from meshd.web.http import LimitedSite
+from meshd.web.proxy import MeshProxy
 
 
 class APIApp:
     app = Klein()
     _log = Logger()
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, reactor: Any = None) -> None:
         self.node = node
+        self.proxy = MeshProxy(node, reactor if reactor is not None else node._reactor)
 
     def resource(self) -> Any:
         return self.app.resource()
+
+    def site(self) -> LimitedSite:
+        return LimitedSite(self.resource(), _api_error_body)
 
     @app.route("/health", methods=["GET", "HEAD"])
     def health(self, request: IRequest) -> bytes:
         return json_body(request, 200, {"status": "ok"})
 
-    @app.route("/", branch=True)
-    def everything_else(self, request: IRequest) -> bytes:
-        # Tunnelling to mesh hosts arrives with the client role; until a mesh is joined the API
-        # says what the node is doing rather than hanging.
-        state = self.node.state.value
-        return openai_error(
-            request,
-            503,
-            f"no mesh joined yet (node state: {state})",
-            "server_error",
-            code="mesh_not_joined",
-            headers={"Retry-After": "5"},
-        )
+    @app.route("/v1/models", methods=["GET"])
+    @app.route("/models", methods=["GET"])
+    def models(self, request: IRequest) -> bytes:
+        routes = self.node.mesh.routable_models()
+        local = set(self.node.hosted_models)
+        data = []
+        for name in sorted(set(routes) | local):
+            hosts = len(routes.get(name, ())) + (1 if name in local else 0)
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "mesh-llm",
+                    "display_name": name,
+                    "capabilities": ["text"],
+                    "hosts": hosts,
+                }
+            )
+        request.setHeader(b"access-control-allow-origin", b"*")
+        return json_body(request, 200, {"object": "list", "data": data})
+
+    @app.route("/", branch=True, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
+    async def tunnel(self, request: IRequest) -> bytes:
+        return await self.proxy.handle(request)
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
@@ -54,3 +77,8 @@ class APIApp:
     def internal(self, request: IRequest, failure: Failure) -> bytes:
         self._log.failure("API handler failed", failure=failure, event="api_error")
         return openai_error(request, 500, "internal error", "server_error", code="internal_error")
+
+
+def _api_error_body(status: int, message: str, code: str) -> bytes:
+    type_ = "invalid_request_error" if status < 500 else "server_error"
+    return openai_error_body(message, type_, code)

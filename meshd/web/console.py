@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 from typing import Any
 
 from klein import Klein
@@ -13,6 +14,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from meshd.node import Node
 from meshd.web.errors import console_error, json_body
+from meshd.web.http import LimitedSite
 
 
 class ConsoleApp:
@@ -24,6 +26,9 @@ class ConsoleApp:
 
     def resource(self) -> Any:
         return self.app.resource()
+
+    def site(self) -> LimitedSite:
+        return LimitedSite(self.resource(), lambda status, message, code: json.dumps({"error": message}).encode())
 
     @app.route("/health", methods=["GET", "HEAD"])
     def health(self, request: IRequest) -> bytes:

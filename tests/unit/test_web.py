@@ -80,8 +80,26 @@ def test_api_says_state_in_openai_envelope_before_joining() -> None:
     assert headers["retry-after"] == ["5"]
     err = json.loads(body)["error"]
     assert set(err) == {"message", "type", "param", "code"}
-    assert err["code"] == "mesh_not_joined"
+    assert err["code"] == "no_hosts"
     assert "discovering" in err["message"]
+
+
+def test_named_model_without_host_is_503_model_not_available() -> None:
+    stub = StubTreq(APIApp(make_node()).resource())
+    resp = _result(stub.post("http://x/v1/chat/completions", data=b'{"model":"ghost","messages":[]}'))
+    body = json.loads(_result(resp.content()))
+    assert resp.code == 503
+    assert resp.headers.getRawHeaders(b"retry-after") == [b"5"]
+    assert body["error"]["code"] == "model_not_available"
+    assert body["error"]["param"] == "model"
+    assert "ghost" in body["error"]["message"]
+
+
+def test_models_list_is_empty_without_hosts() -> None:
+    code, headers, body = get(APIApp(make_node()), "/v1/models")
+    assert code == 200
+    assert json.loads(body) == {"object": "list", "data": []}
+    assert headers["access-control-allow-origin"] == ["*"]
 
 
 def test_console_unknown_route_is_json_404() -> None:

@@ -1,0 +1,311 @@
+"""Client side of TUNNEL_HTTP: one API request tried on hosts in order (MESH_PROTOCOL.md §6.4-§6.7).
+
+Failover to the next host happens only before anything was sent downstream: tunnel open failure,
+EOF or a bad response before the headers, the first-byte timeout, or a context-overflow 400 while
+another host remains. After that the response streams through chunk by chunk with backpressure
+(the QUIC stream is registered as the producer of the HTTP response), and a caller that goes away
+resets the stream, which stops the host's backend request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.error import ConnectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from meshd.httpwire import (
+    MAX_ERROR_BODY_BYTES,
+    HTTPWireError,
+    ResponseHead,
+    ResponseParser,
+    is_context_overflow,
+    render_request,
+    reshape_upstream_error,
+)
+from meshd.node import Node
+from meshd.quic import QuicStream
+from meshd.web.errors import openai_error
+
+FIRST_BYTE_TIMEOUT = 300.0
+TUNNEL_OPEN_TIMEOUT = 10.0
+_HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server"}
+
+
+class TryNextHost(Exception):
+    """This host failed before anything reached the caller."""
+
+
+class Upstream:
+    """Receiver of one tunnel stream: parses the host's response as it arrives."""
+
+    def __init__(self, stream: QuicStream, method: bytes) -> None:
+        self.stream = stream
+        self.parser = ResponseParser(method)
+        self.head: Deferred[ResponseHead] = Deferred()
+        self.done: Deferred[None] = Deferred()
+        self.sink: Callable[[bytes], None] | None = None
+        self._pending: list[bytes] = []
+        self._pending_len = 0
+        self.finished = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished:
+            return
+        try:
+            events = self.parser.feed(data)
+        except HTTPWireError as e:
+            self._fail(Failure(e))
+            return
+        self._handle(events)
+
+    def eofReceived(self) -> None:
+        if self.finished:
+            return
+        try:
+            events = self.parser.feed_eof()
+        except HTTPWireError as e:
+            self._fail(Failure(e))
+            return
+        self._handle(events)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if not self.finished:
+            if reason.check(ConnectionDone):
+                self.eofReceived()
+                if self.finished:
+                    return
+            self._fail(reason)
+
+    def _handle(self, events: list[ResponseHead | bytes | None]) -> None:
+        for ev in events:
+            if isinstance(ev, ResponseHead):
+                self.head.callback(ev)
+            elif isinstance(ev, bytes):
+                if self.sink is not None:
+                    self.sink(ev)
+                else:
+                    self._pending.append(ev)
+                    self._pending_len += len(ev)
+            else:
+                self.finished = True
+                if not self.done.called:
+                    self.done.callback(None)
+
+    def _fail(self, failure: Failure) -> None:
+        self.finished = True
+        if not self.head.called:
+            # Nobody waits on ``done`` before the head arrived: fail only ``head``.
+            self.head.errback(failure)
+        elif not self.done.called:
+            self.done.errback(failure)
+
+    def start_sink(self, sink: Callable[[bytes], None]) -> None:
+        pending, self._pending = self._pending, []
+        self._pending_len = 0
+        for chunk in pending:
+            sink(chunk)
+        self.sink = sink
+
+    async def collect(self, limit: int) -> tuple[bytes, bool]:
+        """The rest of the body up to ``limit`` bytes; (body, truncated)."""
+        parts: list[bytes] = []
+        size = 0
+        truncated = False
+
+        def take(chunk: bytes) -> None:
+            nonlocal size, truncated
+            if size + len(chunk) > limit:
+                truncated = True
+                self.stream.reset(0)
+                if not self.done.called:
+                    self.done.callback(None)
+                return
+            parts.append(chunk)
+            size += len(chunk)
+
+        self.start_sink(take)
+        try:
+            await self.done
+        except Exception:
+            pass
+        return b"".join(parts), truncated
+
+
+class MeshProxy:
+    _log = Logger()
+
+    def __init__(self, node: Node, reactor: Any, first_byte_timeout: float = FIRST_BYTE_TIMEOUT) -> None:
+        self.node = node
+        self._reactor = reactor
+        self.first_byte_timeout = first_byte_timeout
+        self.failovers = 0
+        self.tunnel_failures = 0
+
+    async def handle(self, request: IRequest) -> bytes:
+        body = request.content.read() if request.content is not None else b""
+        model = model_of(body)
+        mesh = self.node.mesh
+        mesh.record_request(model, self.node.now())
+        if model and model != "auto":
+            hosts = mesh.hosts_for_model(model)
+            if not hosts:
+                return openai_error(
+                    request,
+                    503,
+                    f"model {model!r} is not currently available in the mesh; retry later",
+                    "server_error",
+                    code="model_not_available",
+                    param="model",
+                    headers={"Retry-After": "5"},
+                )
+        else:
+            hosts = mesh.any_hosts()
+            if not hosts:
+                return openai_error(
+                    request,
+                    503,
+                    f"no peers serving any model (node state: {self.node.state.value})",
+                    "server_error",
+                    code="no_hosts",
+                    headers={"Retry-After": "5"},
+                )
+        method = request.method
+        headers = [(k, v) for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs]
+        raw = render_request(method, request.uri, headers, body)
+        self.node.inflight_requests += 1
+        self.node.notify_changed()
+        try:
+            return await self._try_hosts(request, hosts, method, raw, model)
+        finally:
+            self.node.inflight_requests -= 1
+            self.node.notify_changed()
+
+    async def _try_hosts(
+        self, request: IRequest, hosts: list[bytes], method: bytes, raw: bytes, model: str | None
+    ) -> bytes:
+        errors: list[str] = []
+        for i, host in enumerate(hosts):
+            last = i == len(hosts) - 1
+            if i:
+                self.failovers += 1
+            try:
+                return await self._attempt(request, host, method, raw, last)
+            except TryNextHost as e:
+                self.tunnel_failures += 1
+                errors.append(f"{host.hex()[:10]}: {e}")
+                self._log.info(
+                    "host {host} failed before responding ({err}); {next}",
+                    host=host.hex()[:10],
+                    err=str(e),
+                    next="giving up" if last else "trying the next host",
+                    event="tunnel_failover",
+                )
+        return openai_error(
+            request,
+            503,
+            f"all {len(hosts)} tunnel(s) to hosts for {model!r} failed: " + "; ".join(errors),
+            "server_error",
+            code="all_hosts_failed",
+            headers={"Retry-After": "5"},
+        )
+
+    async def _attempt(self, request: Any, host: bytes, method: bytes, raw: bytes, last: bool) -> bytes:
+        try:
+            stream = await self.node.open_tunnel(host, TUNNEL_OPEN_TIMEOUT)
+        except CancelledError:
+            raise
+        except Exception as e:
+            raise TryNextHost(f"tunnel open failed: {_describe(e)}") from None
+        upstream = Upstream(stream, method)
+        stream.set_receiver(upstream)
+        stream.write(raw)
+        upstream.head.addTimeout(self.first_byte_timeout, self._reactor)
+        try:
+            head = await upstream.head
+        except CancelledError:  # the caller went away
+            stream.reset(0)
+            raise
+        except TimeoutError:
+            stream.reset(0)
+            raise TryNextHost(f"no response within {self.first_byte_timeout:g}s") from None
+        except Exception as e:
+            stream.reset(0)
+            raise TryNextHost(_describe(e)) from None
+        short = host.hex()[:10]
+        if head.status >= 400:
+            err_body, truncated = await upstream.collect(MAX_ERROR_BODY_BYTES)
+            if upstream.finished:
+                stream.loseWriteConnection()
+            else:
+                stream.reset(0)
+            if is_context_overflow(head.status, err_body) and not last:
+                raise TryNextHost(f"context overflow ({head.status})")
+            request.setResponseCode(head.status)
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"x-meshd-host", short.encode())
+            retry = head.header(b"retry-after")
+            if retry is not None:
+                request.setHeader(b"retry-after", retry)
+            return reshape_upstream_error(head.status, err_body, truncated)
+        request.setResponseCode(head.status, head.reason or None)
+        chunked = any(k == b"transfer-encoding" for k, _ in head.headers)
+        for name, value in head.headers:
+            if name in _HOP_BY_HOP and not (name == b"content-length" and not chunked):
+                continue
+            request.responseHeaders.addRawHeader(name, value)
+        request.setHeader(b"x-meshd-host", short.encode())
+        request.registerProducer(stream, True)
+        upstream.start_sink(request.write)
+        try:
+            await upstream.done
+        except CancelledError:
+            stream.reset(0)
+            raise
+        except Exception as e:
+            # Bytes already went out: no failover; end the response as broken.
+            self._log.info("tunnel from {host} broke mid-response: {err}", host=short, err=_describe(e))
+            stream.reset(0)
+            _unregister(request)
+            _abort(request)
+            return b""
+        _unregister(request)
+        stream.loseWriteConnection()
+        return b""
+
+
+def model_of(body: bytes) -> str | None:
+    if not body or body[:1] not in (b"{", b" ", b"\n", b"\t", b"\r"):
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("model"), str):
+        return str(data["model"])
+    return None
+
+
+def _unregister(request: Any) -> None:
+    if getattr(request, "channel", None) is not None:
+        try:
+            request.unregisterProducer()
+        except (AttributeError, RuntimeError):
+            pass
+
+
+def _abort(request: IRequest) -> None:
+    channel = getattr(request, "channel", None)
+    transport = getattr(channel, "transport", None)
+    if transport is not None:
+        transport.abortConnection()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

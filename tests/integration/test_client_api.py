@@ -1,0 +1,245 @@
+"""The client's OpenAI API end to end in one process: openai SDK -> meshd client -> QUIC tunnel ->
+meshd host -> an OpenAI-compatible backend (a small Twisted server standing in for llama-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from meshd.config import Config, Role
+from meshd.host import BackendWatch
+from meshd.identity import Identity
+from meshd.node import Node, NodeState
+from meshd.tunnel import Backend
+from meshd.web.api import APIApp
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+class FakeLLM(Resource):
+    """/v1/models and /v1/chat/completions with real SSE streaming."""
+
+    isLeaf = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.requests: list[dict[str, Any]] = []
+        self.cancelled = 0
+        self.chunks = 5
+        self.delay = 0.01
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"object": "list", "data": [{"id": "tiny", "object": "model"}]}).encode()
+
+    def render_POST(self, request: Any) -> Any:
+        body = json.loads(request.content.read())
+        self.requests.append(body)
+        if body.get("messages", [{}])[-1].get("content") == "fail-400":
+            request.setResponseCode(400)
+            return json.dumps({"error": {"code": 400, "message": "bad", "type": "invalid_request_error"}}).encode()
+        words = [f"w{i} " for i in range(self.chunks)]
+        if not body.get("stream"):
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(
+                {
+                    "id": "c1",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": "tiny",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "".join(words) + self.name},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+            ).encode()
+        request.setHeader(b"content-type", b"text/event-stream")
+        state = {"i": 0, "gone": False}
+
+        def gone(_: Any) -> None:
+            state["gone"] = True
+            self.cancelled += 1
+
+        request.notifyFinish().addErrback(gone)
+
+        def step() -> None:
+            if state["gone"]:
+                return
+            i = state["i"]
+            if i < len(words):
+                chunk = {
+                    "id": "c1",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": "tiny",
+                    "choices": [{"index": 0, "delta": {"content": words[i]}, "finish_reason": None}],
+                }
+                request.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                state["i"] += 1
+                reactor.callLater(self.delay, step)
+            else:
+                request.write(b"data: [DONE]\n\n")
+                request.finish()
+
+        step()
+        return NOT_DONE_YET
+
+
+async def sleep(secs: float) -> None:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(secs, d.callback, None)
+    await d
+
+
+async def wait_for(pred: Any, within: float = 10.0) -> None:
+    for _ in range(int(within / 0.05)):
+        if pred():
+            return
+        await sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def aio(coro: Any) -> Deferred[Any]:
+    return Deferred.fromFuture(asyncio.ensure_future(coro))
+
+
+@pytest_twisted.async_yield_fixture
+async def cleanup() -> AsyncIterator[list[Any]]:
+    things: list[Any] = []
+    yield things
+    for t in reversed(things):
+        d = t.stopService() if hasattr(t, "stopService") else t.stopListening()
+        if d is not None:
+            await d
+
+
+def node(tmp: Path, role: Role, tokens: tuple[str, ...] = (), serve: str | None = None) -> Node:
+    cfg = Config(role=role, join_tokens=tokens, serve_url=serve, bind_address="127.0.0.1", state_dir=tmp, api_port=0)
+    return Node(cfg, Identity.generate(), reactor)
+
+
+async def start_host(tmp: Path, cleanup: list[Any], name: str) -> tuple[Node, FakeLLM, BackendWatch]:
+    llm = FakeLLM(name)
+    port = reactor.listenTCP(0, Site(llm), interface="127.0.0.1")
+    cleanup.append(port)
+    url = f"http://127.0.0.1:{port.getHost().port}"
+    host = node(tmp, Role.HOST, serve=url)
+    host.api_port = 9337
+    watch = BackendWatch(reactor, host, Backend(reactor, url))
+    host.startService()
+    watch.startService()
+    cleanup.extend([host, watch])
+    await wait_for(lambda: host.hosted_models == ("tiny",))
+    return host, llm, watch
+
+
+async def start_client(tmp: Path, cleanup: list[Any], tokens: tuple[str, ...]) -> tuple[Node, str]:
+    client = node(tmp, Role.CLIENT, tokens)
+    client.startService()
+    cleanup.append(client)
+    port = reactor.listenTCP(0, APIApp(client, reactor).site(), interface="127.0.0.1")
+    cleanup.append(port)
+    await wait_for(lambda: client.state is NodeState.JOINED)
+    return client, f"http://127.0.0.1:{port.getHost().port}/v1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_openai_sdk_models_chat_and_stream(tmp_path: Path, cleanup: list[Any]) -> None:
+    host, llm, _ = await start_host(tmp_path / "h", cleanup, "A")
+    client, base = await start_client(tmp_path / "c", cleanup, (host.token or "",))
+    sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
+    models = await aio(sdk.models.list())
+    assert [m.id for m in models.data] == ["tiny"]
+    reply = await aio(
+        sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], temperature=0)
+    )
+    assert reply.choices[0].message.content == "w0 w1 w2 w3 w4 A"
+    assert llm.requests[-1]["messages"][0]["content"] == "hi"
+
+    async def stream() -> list[str]:
+        out = []
+        s = await sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], stream=True)
+        async for chunk in s:
+            out.append(chunk.choices[0].delta.content or "")
+        return out
+
+    parts = await aio(stream())
+    assert parts == ["w0 ", "w1 ", "w2 ", "w3 ", "w4 "]
+    assert client.mesh.demand["tiny"].request_count == 2
+    await aio(sdk.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_error_is_reshaped_and_unknown_model_is_503(tmp_path: Path, cleanup: list[Any]) -> None:
+    host, _, _ = await start_host(tmp_path / "h", cleanup, "A")
+    _, base = await start_client(tmp_path / "c", cleanup, (host.token or "",))
+    sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as e:
+        await aio(sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "fail-400"}]))
+    assert e.value.body["type"] == "invalid_request_error"  # type: ignore[index]
+    assert e.value.response.headers["x-meshd-host"] == host.identity.short_id
+    with pytest.raises(openai.InternalServerError) as e2:
+        await aio(sdk.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}]))
+    assert e2.value.status_code == 503
+    assert e2.value.body["code"] == "model_not_available"  # type: ignore[index]
+    await aio(sdk.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_failover_to_the_next_host_before_any_byte(tmp_path: Path, cleanup: list[Any]) -> None:
+    host_a, llm_a, watch_a = await start_host(tmp_path / "a", cleanup, "A")
+    host_b, llm_b, _ = await start_host(tmp_path / "b", cleanup, "B")
+    client, base = await start_client(tmp_path / "c", cleanup, (host_a.token or "", host_b.token or ""))
+    await client.join(host_b.token or "")
+    assert len(client.mesh.hosts_for_model("tiny")) == 2
+
+    def drop(conn: Any, stream: Any) -> None:
+        stream.loseWriteConnection()  # what a busy host does: EOF before any header
+
+    first = client.mesh.hosts_for_model("tiny")[0]
+    bad = host_a if first == host_a.identity.public_bytes else host_b
+    good_llm = llm_b if bad is host_a else llm_a
+    bad.tunnel_handler = drop
+    sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
+    reply = await aio(sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}]))
+    assert reply.choices[0].message.content.endswith("B" if bad is host_a else "A")
+    assert len(good_llm.requests) == 1
+    assert watch_a is not None
+    await aio(sdk.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_caller_disconnect_cancels_the_backend_stream(tmp_path: Path, cleanup: list[Any]) -> None:
+    host, llm, watch = await start_host(tmp_path / "h", cleanup, "A")
+    llm.chunks, llm.delay = 200, 0.05
+    _, base = await start_client(tmp_path / "c", cleanup, (host.token or "",))
+    sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
+
+    async def read_two() -> None:
+        s = await sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], stream=True)
+        n = 0
+        async for _ in s:
+            n += 1
+            if n == 2:
+                break
+        await s.close()
+
+    await aio(read_two())
+    await wait_for(lambda: llm.cancelled == 1)
+    await wait_for(lambda: watch.backend.stats.inflight == 0)
+    await aio(sdk.close())
