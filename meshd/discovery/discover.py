@@ -8,10 +8,11 @@ first connect attempt, or when the window (5 s) ends, whichever is first. Every 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+import attrs
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
 from meshd.discovery.errors import NoRelayAvailable
@@ -24,12 +25,79 @@ from meshd.discovery.listing import (
 )
 from meshd.discovery.relay import UP, RelayPool
 
-__all__ = ["DISCOVERY_WINDOW", "discover"]
+__all__ = ["DISCOVERY_WINDOW", "FetchResult", "discover", "fetch_events"]
 
 _log = Logger()
 
 DISCOVERY_WINDOW = 5.0
 MAX_EVENTS_PER_DISCOVERY = 10_000
+
+
+@attrs.frozen
+class FetchResult:
+    events: list[dict[str, Any]]
+    relays_up: frozenset[str]  # relays that were up at some moment of the fetch
+
+
+def fetch_events(
+    pool: RelayPool,
+    reactor: Any,
+    filters: Sequence[Mapping[str, Any]],
+    *,
+    window: float = DISCOVERY_WINDOW,
+    max_events: int = MAX_EVENTS_PER_DISCOVERY,
+) -> Deferred[FetchResult]:
+    """Send one REQ to every relay of a running pool and collect raw events until every up relay sent
+    EOSE/CLOSED and no relay is on its first connect attempt, or until ``window`` seconds passed."""
+    result: Deferred[FetchResult] = Deferred()
+    sub_id = pool.new_subscription_id("meshd-fetch")
+    events: list[dict[str, Any]] = []
+    eose: set[str] = set()
+    ever_up: set[str] = set(pool.up_urls())
+
+    def on_event(url: str, event: dict[str, Any]) -> None:
+        if len(events) < max_events:
+            events.append(event)
+
+    def on_eose(url: str) -> None:
+        eose.add(url)
+        check()
+
+    def on_state(url: str, state: str) -> None:
+        if state == UP:
+            ever_up.add(url)
+            eose.discard(url)  # a reconnect re-sends the REQ; wait for its EOSE
+        check()
+
+    def check() -> None:
+        if result.called or pool.settling_urls():
+            return
+        up = set(pool.up_urls())
+        if up <= eose:  # also true when no relay is up any more
+            finish()
+
+    def finish() -> None:
+        if result.called:
+            return
+        if timer.active():
+            timer.cancel()
+        unwatch()
+        pool.unsubscribe(sub_id)
+        result.callback(FetchResult(events=events, relays_up=frozenset(ever_up)))
+
+    def cancelled(f: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        unwatch()
+        pool.unsubscribe(sub_id)
+        return f
+
+    timer = reactor.callLater(window, finish)
+    unwatch = pool.watch_state(on_state)
+    pool.subscribe(sub_id, filters, on_event, on_eose)
+    result.addErrback(cancelled)
+    check()
+    return result
 
 
 def discover(
@@ -49,94 +117,32 @@ def discover(
     and stopped). ``now`` gives unix seconds for the expiry check (default ``reactor.seconds``).
     """
     clock = now or reactor.seconds
-    owned = not isinstance(pool_or_urls, RelayPool)
     if isinstance(pool_or_urls, RelayPool):
-        pool = pool_or_urls
+        pool, owned = pool_or_urls, False
     else:
         urls = list(pool_or_urls)
         if not urls:
-            d_fail: Deferred[list[DiscoveredMesh]] = Deferred()
-            d_fail.errback(NoRelayAvailable(0))
-            return d_fail
-        pool = RelayPool(reactor, urls, **(pool_options or {}))
+            return fail(NoRelayAvailable(0))
+        pool, owned = RelayPool(reactor, urls, **(pool_options or {})), True
         pool.startService()
 
-    result: Deferred[list[DiscoveredMesh]] = Deferred()
-    sub_id = pool.new_subscription_id("meshd-disc")
-    events: list[dict[str, Any]] = []
-    eose: set[str] = set()
-    ever_up: set[str] = set(pool.up_urls())
+    def done(fetched: FetchResult) -> list[DiscoveredMesh]:
+        if not fetched.relays_up:
+            raise NoRelayAvailable(len(pool.urls))
+        meshes = process_events(fetched.events, now=int(clock()), mesh_filter=mesh_filter, token_ok=token_ok)
+        _log.debug(
+            "discovery: {n_events} events from {n_relays} relays -> {n_meshes} meshes",
+            n_events=len(fetched.events),
+            n_relays=len(fetched.relays_up),
+            n_meshes=len(meshes),
+        )
+        return meshes
 
-    def on_event(url: str, event: dict[str, Any]) -> None:
-        if len(events) < MAX_EVENTS_PER_DISCOVERY:
-            events.append(event)
+    d = fetch_events(pool, reactor, [discovery_filter()], window=window).addCallback(done)
+    if owned:
 
-    def on_eose(url: str) -> None:
-        eose.add(url)
-        check()
+        def stop_pool(outcome: Any) -> Deferred[Any]:
+            return pool.stopService().addBoth(lambda _: outcome)
 
-    def on_state(url: str, state: str) -> None:
-        if state == UP:
-            ever_up.add(url)
-            eose.discard(url)  # a reconnect re-sends the REQ; wait for its EOSE
-        check()
-
-    def check() -> None:
-        if result.called:
-            return
-        up = set(pool.up_urls())
-        if pool.settling_urls():
-            return
-        if not up and not ever_up:
-            finish()
-            return
-        if up and up <= eose:
-            finish()
-        elif not up:
-            finish()
-
-    def finish() -> None:
-        if result.called:
-            return
-        if timer.active():
-            timer.cancel()
-        unwatch()
-        pool.unsubscribe(sub_id)
-        if not ever_up:
-            outcome: Any = NoRelayAvailable(len(pool.urls))
-        else:
-            outcome = process_events(events, now=int(clock()), mesh_filter=mesh_filter, token_ok=token_ok)
-            _log.debug(
-                "discovery: {n_events} events from {n_relays} relays -> {n_meshes} meshes",
-                n_events=len(events),
-                n_relays=len(ever_up),
-                n_meshes=len(outcome),
-            )
-
-        def deliver(_: object = None) -> None:
-            if isinstance(outcome, Exception):
-                result.errback(outcome)
-            else:
-                result.callback(outcome)
-
-        if owned:
-            pool.stopService().addBoth(deliver)
-        else:
-            deliver()
-
-    timer = reactor.callLater(window, finish)
-    unwatch = pool.watch_state(on_state)
-    pool.subscribe(sub_id, [discovery_filter()], on_event, on_eose)
-    check()
-
-    def cancel_cleanup(f: Any) -> Any:
-        if timer.active():
-            timer.cancel()
-        unwatch()
-        pool.unsubscribe(sub_id)
-        if owned and pool.running:
-            pool.stopService()
-        return f
-
-    result.addErrback(cancel_cleanup)
-    return result
+        d.addBoth(stop_pool)
+    return d
