@@ -45,10 +45,12 @@ asyncio.run(main())
 PY_RELAY_CONFIG = """\
 DEBUG: false
 relay_name: meshd test relay
+max_event_size: 65536
 storage:
   sqlalchemy.url: sqlite+aiosqlite:///{db}
   validators:
     - nostr_relay.validators.is_signed
+    - nostr_relay.validators.is_not_too_large
 gunicorn:
   bind: 127.0.0.1:{port}
   workers: 1
