@@ -7,6 +7,7 @@ moves bytes and keeps connections. Rules: MESH_PROTOCOL.md §2.3, §4.2, §5.4-�
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -166,6 +167,8 @@ class Node(Service):
             self.privilegedStartService()
         super().startService()
         self.started_at = self.now()
+        if not self.is_client and not self.join_tokens and not self.config.auto and self.mesh.mesh_id is None:
+            self.mesh.mesh_id = self._originate_mesh_id()
         self._log.info(
             "node {node_id} starting as {role} ({state}); QUIC on {bind}, token {token}",
             event="node_start",
@@ -421,6 +424,23 @@ class Node(Service):
             self.set_state(NodeState.JOINED)
         if outcome.updated or outcome.adopted_mesh_id:
             self.notify_changed()
+
+    def _originate_mesh_id(self) -> str:
+        """A host that starts its own mesh: the random id persisted in ``<state-dir>/mesh-id``."""
+        path = Path(self.config.state_dir) / "mesh-id"
+        try:
+            text = path.read_text().strip()
+            if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+                return text
+        except OSError:
+            pass
+        mesh_id = os.urandom(16).hex()
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.write_text(mesh_id)
+        except OSError as e:
+            self._log.warn("cannot save mesh-id: {err}", err=str(e), event="state_write_failed")
+        return mesh_id
 
     def _save_last_mesh(self) -> None:
         if self.mesh.mesh_id is None or self._stopping:

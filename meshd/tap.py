@@ -42,6 +42,7 @@ from twisted.logger import Logger  # noqa: E402
 from twisted.python import usage  # noqa: E402
 
 from meshd import __version__  # noqa: E402
+from meshd.autojoin import Discovery, listing_for  # noqa: E402
 from meshd.config import (  # noqa: E402
     DEFAULT_API_PORT,
     DEFAULT_CONSOLE_PORT,
@@ -49,6 +50,8 @@ from meshd.config import (  # noqa: E402
     Config,
     Role,
 )
+from meshd.discovery.publish import Publisher  # noqa: E402
+from meshd.discovery.relay import RelayPool  # noqa: E402
 from meshd.host import BackendWatch  # noqa: E402
 from meshd.identity import Identity, IdentityError, load_or_create_key  # noqa: E402
 from meshd.node import Node  # noqa: E402
@@ -303,8 +306,15 @@ def build_service(config: Config, reactor: Any) -> MeshdService:
         )
         node.status_extras["backend"] = watch.status
         extra.append(("backend", watch))
+    pool = RelayPool(reactor, list(config.nostr_relays))
+    node.relay_status = pool.status
+    discovery = Discovery(reactor, node, pool)
+    discovery.setServiceParent(pool)
+    if config.publish:
+        Publisher(reactor, pool, lambda: listing_for(node), state_dir=config.state_dir).setServiceParent(pool)
+    extra.append(("discovery", pool))
     api_site = APIApp(node, reactor).site()
-    console_site = ConsoleApp(node).site()
+    console_site = ConsoleApp(node, discovery).site()
     api = TCPListenService(reactor, config.interface, config.api_port, api_site)
     console = TCPListenService(reactor, config.interface, config.console_port, console_site)
     top = MeshdService(reactor, config, node, api, console)

@@ -12,6 +12,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from meshd.autojoin import Discovery
+from meshd.discovery.api import discover_api, parse_discover_query
 from meshd.node import Node
 from meshd.web.errors import console_error, json_body
 from meshd.web.http import LimitedSite
@@ -21,8 +23,9 @@ class ConsoleApp:
     app = Klein()
     _log = Logger()
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, discovery: Discovery | None = None) -> None:
         self.node = node
+        self.discovery = discovery
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -38,6 +41,21 @@ class ConsoleApp:
     def status(self, request: IRequest) -> bytes:
         request.setHeader(b"cache-control", b"no-cache")
         return json_body(request, 200, self.node.status())
+
+    @app.route("/api/discover", methods=["GET"])
+    async def discover(self, request: IRequest) -> bytes:
+        if self.discovery is None:
+            return console_error(request, 503, "discovery is not running")
+        try:
+            parse_discover_query(request.args)
+        except ValueError as e:
+            return console_error(request, 400, str(e))
+        try:
+            meshes = await self.discovery.recent()
+        except Exception as e:
+            return console_error(request, 500, f"Discovery failed: {e}")
+        body = discover_api(meshes, request.args, self.discovery.last_mesh_id())
+        return json_body(request, 200, body)
 
     @app.route("/", methods=["GET"])
     @app.route("/dashboard", methods=["GET"])
