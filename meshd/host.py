@@ -115,6 +115,7 @@ class BackendWatch(Service):
                 event="backend_state",
             )
             self.node.notify_changed()
+            self.node.regossip()
 
     def status(self) -> dict[str, Any]:
         stats = self.backend.stats

@@ -56,8 +56,13 @@ REDIAL_TIMEOUT = 10.0
 HEARTBEAT_INTERVAL = 60.0
 HEARTBEAT_FANOUT = 5
 REJOIN_INTERVAL = 60.0
+#: While no peer is connected, tokens are retried this often (a mesh coming back is found fast).
+ALONE_REJOIN_INTERVAL = 10.0
 LEAVING_FLUSH = 0.2
 SAVE_LAST_MESH_DELAY = 5.0
+#: A connection whose peer sent nothing for this long is dead (both sides PING every 5 s).
+SILENT_PEER_SECS = 12.0
+LIVENESS_INTERVAL = 2.0
 
 
 class NodeState(Enum):
@@ -131,6 +136,8 @@ class Node(Service):
         self._dialing: dict[bytes, list[Deferred[MeshConnection]]] = {}
         self._stopping = False
         self._leaving: set[bytes] = set()
+        self._joining = False
+        self._last_rejoin = 0.0
 
     def _initial_state(self) -> NodeState:
         if self.config.auto:
@@ -180,7 +187,9 @@ class Node(Service):
             token=self.token,
         )
         self._start_loop(self.heartbeat, HEARTBEAT_INTERVAL)
-        self._start_loop(self._rejoin, REJOIN_INTERVAL)
+        self._last_rejoin = self.now()
+        self._start_loop(self._rejoin, ALONE_REJOIN_INTERVAL)
+        self._start_loop(self.check_liveness, LIVENESS_INTERVAL)
         if self.join_tokens:
             self._track(self.join_any(self.join_tokens))
 
@@ -350,6 +359,9 @@ class Node(Service):
         async def run() -> None:
             reply = await gossip_round_trip(conn, self.gossip_frame(), self._reactor, timeout)
             assert conn.remote_id is not None
+            if not conn.is_connected or conn.remote_id in self._leaving:
+                # The peer left (or the connection died) while we waited: its news is stale.
+                raise JoinError(f"connection to {conn.remote_id.hex()[:10]} closed during gossip")
             self._apply_gossip(conn.remote_id, reply)
 
         return Deferred.fromCoroutine(run())
@@ -371,9 +383,19 @@ class Node(Service):
         )
 
     def _rejoin(self) -> None:
-        if self.join_tokens and not self._stopping:
-            d = self.join_any(self.join_tokens)
-            d.addErrback(lambda f: None)
+        """Every 60 s re-join the token list (a no-op while connected); every 10 s while alone."""
+        if not self.join_tokens or self._stopping or self._joining:
+            return
+        alone = not any(c.is_connected for c in self.conns.values())
+        if not alone and self.now() - self._last_rejoin < REJOIN_INTERVAL:
+            return
+        self._last_rejoin = self.now()
+        self._joining = True
+
+        def done(_: Any) -> None:
+            self._joining = False
+
+        self.join_any(self.join_tokens).addBoth(done)
 
     # -- gossip ---------------------------------------------------------------------------------
 
@@ -460,6 +482,7 @@ class Node(Service):
     def _adopt(self, conn: MeshConnection) -> None:
         rid = conn.remote_id
         assert rid is not None
+        self._leaving.discard(rid)
         old = self.conns.get(rid)
         self.conns[rid] = conn  # the newest connection wins; the old one ends on its own
         if old is not None and old is not conn:
@@ -562,6 +585,8 @@ class Node(Service):
             )
             stream.reset(STREAM_PROTOCOL_ERROR)
             return
+        if not conn.is_connected or conn.remote_id in self._leaving:
+            return  # the peer left; this frame was still in flight
         reply_frame(stream, self.gossip_frame())
         self._apply_gossip(conn.remote_id, frame)
         self._dial_learned_peers()
@@ -593,8 +618,14 @@ class Node(Service):
         rid = conn.remote_id
         self._log.info("peer {peer} is leaving", peer=rid.hex()[:10], event="peer_leaving")
         self._leaving.add(rid)
-        if self.mesh.remove(rid, self.now(), dead=False):
+        # Marked dead too, so stale gossip from others cannot bring it back before it returns itself;
+        # its connections are closed so nothing it still had in flight re-admits it. A peer that
+        # comes back dials a new connection and gossips again.
+        if self.mesh.remove(rid, self.now()):
             self.notify_changed()
+        for c in {conn, self.conns.get(rid)}:
+            if c is not None and c.is_connected:
+                c.close(0, "peer left")
         self._check_alone()
 
     def _peer_down(self, body: bytes, conn: MeshConnection) -> None:
@@ -632,6 +663,29 @@ class Node(Service):
             self._log.info("ignored TUNNEL_MAP: {err}", err=str(e), event="bad_frame")
 
     # -- periodic duties ------------------------------------------------------------------------
+
+    def regossip(self) -> None:
+        """Tell every connected peer about a change of our own entry (e.g. hosted models) now,
+        rather than at the next heartbeat."""
+        for rid, conn in list(self.conns.items()):
+            if not conn.is_connected or self._stopping:
+                continue
+            d = self._track(self.gossip_with(conn, REDIAL_TIMEOUT))
+            d.addErrback(self._log_dial_failure, rid)
+
+    def check_liveness(self) -> None:
+        """Close connections whose peer went silent, so their streams fail now rather than at the
+        30 s idle timeout (requests then fail over, streams end with an error)."""
+        now = self.now()
+        for rid, conn in list(self.conns.items()):
+            if conn.is_connected and now - conn.last_received > SILENT_PEER_SECS:
+                self._log.info(
+                    "peer {peer} silent for {secs:.0f}s; closing its connection",
+                    peer=rid.hex()[:10],
+                    secs=now - conn.last_received,
+                    event="peer_silent",
+                )
+                conn.close(0, "peer silent")
 
     def heartbeat(self) -> Deferred[Any]:
         """Gossip with every peer we talk to directly (5 random ones if more), prune the rest."""

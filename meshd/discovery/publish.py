@@ -46,6 +46,11 @@ def build_deletion_event(keys: NostrKeys, event_ids: list[str], *, now: int) -> 
     return keys.sign(kind=DELETION_KIND, tags=tags, content="", created_at=now)
 
 
+#: Before the first accepted listing: poll this often, this many times (mesh-llm: 500 ms x 120).
+FIRST_PUBLISH_POLL = 0.5
+FIRST_PUBLISH_TRIES = 120
+
+
 class Publisher(Service):
     """Keeps this node's listing fresh on every relay of ``pool`` while running.
 
@@ -82,6 +87,8 @@ class Publisher(Service):
         self.published_ids: list[str] = []
         self.last_results: list[PublishResult] = []
         self._loop: LoopingCall | None = None
+        self._first: LoopingCall | None = None
+        self._first_tries = 0
         self._in_flight: Deferred[Any] | None = None
 
     @property
@@ -100,8 +107,29 @@ class Publisher(Service):
             lambda f: self.log.failure("publish loop stopped", failure=f)
         )
 
+        # Until a relay has taken a listing, try every 0.5 s (mesh-llm polls readiness the same way):
+        # the first listing goes out as soon as the backend serves a model and a relay is up.
+        self._first_tries = 0
+        self._first = LoopingCall(self._first_tick)
+        self._first.clock = self.reactor
+        self._first.start(FIRST_PUBLISH_POLL, now=False).addErrback(
+            lambda f: self.log.failure("first-publish loop stopped", failure=f)
+        )
+
+    def _first_tick(self) -> None:
+        self._first_tries += 1
+        if any(r.accepted for r in self.last_results) or self._first_tries > FIRST_PUBLISH_TRIES:
+            if self._first is not None and self._first.running:
+                self._first.stop()
+            return
+        if not self.pool.up_urls():
+            return
+        self._tick()
+
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self._first is not None and self._first.running:
+            self._first.stop()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self.keys is None or (not self.published_ids and not self.delisted):

@@ -90,6 +90,8 @@ class MeshConnection:
         self._close_locally = False
         self._ended_peer_streams: set[int] = set()
         self.cids: set[bytes] = set()
+        #: When the last datagram from the peer arrived (liveness: keep-alive PINGs every 5 s).
+        self.last_received: float = reactor.seconds()
 
     def __repr__(self) -> str:
         rid = self.remote_id.hex()[:10] if self.remote_id else "?"
@@ -173,6 +175,7 @@ class MeshConnection:
         self.transmit()
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.last_received = self._reactor.seconds()
         try:
             self._quic.receive_datagram(data, addr, now=self._reactor.seconds())
         except Exception:

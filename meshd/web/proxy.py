@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -35,6 +36,8 @@ from meshd.quic import QuicStream
 from meshd.web.errors import openai_error
 
 FIRST_BYTE_TIMEOUT = 300.0
+#: With no packet at all from the host for this long after the request went out, try the next one.
+SILENT_HOST_SECS = 3.0
 TUNNEL_OPEN_TIMEOUT = 10.0
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server"}
 
@@ -149,6 +152,26 @@ class MeshProxy:
         self.failovers = 0
         self.tunnel_failures = 0
 
+    def _watch_silence(self, stream: QuicStream, upstream: Upstream) -> LoopingCall:
+        """Fail the attempt early when the host sends nothing at all (not even the QUIC ACK for our
+        request) for a few round trips: it is gone, and the next host can answer."""
+        conn = stream.connection
+        sent_at = self._reactor.seconds()
+
+        def check() -> None:
+            now = self._reactor.seconds()
+            limit = max(SILENT_HOST_SECS, 4 * conn.stats().rtt_smoothed)
+            if upstream.head.called or conn.last_received >= sent_at:
+                loop.stop()
+            elif now - sent_at > limit:
+                loop.stop()
+                upstream.head.errback(HostSilent(f"host sent nothing for {now - sent_at:.1f}s"))
+
+        loop = LoopingCall(check)
+        loop.clock = self._reactor
+        loop.start(0.5, now=False)
+        return loop
+
     async def handle(self, request: IRequest) -> bytes:
         request_id = request_id_of(request)
         request.setHeader(b"x-request-id", request_id.encode())
@@ -252,17 +275,25 @@ class MeshProxy:
         stream.set_receiver(upstream)
         stream.write(raw)
         upstream.head.addTimeout(self.first_byte_timeout, self._reactor)
+        watchdog = self._watch_silence(stream, upstream)
         try:
             head = await upstream.head
         except CancelledError:  # the caller went away
             stream.reset(0)
             raise
+        except HostSilent as e:
+            stream.reset(0)
+            stream.connection.close(0, "peer silent")
+            raise TryNextHost(str(e)) from None
         except TimeoutError:
             stream.reset(0)
             raise TryNextHost(f"no response within {self.first_byte_timeout:g}s") from None
         except Exception as e:
             stream.reset(0)
             raise TryNextHost(_describe(e)) from None
+        finally:
+            if watchdog.running:
+                watchdog.stop()
         short = host.hex()[:10]
         if head.status >= 400:
             err_body, truncated = await upstream.collect(MAX_ERROR_BODY_BYTES)
@@ -316,6 +347,10 @@ class MeshProxy:
         _unregister(request)
         stream.loseWriteConnection()
         return b""
+
+
+class HostSilent(Exception):
+    """The host's QUIC connection has been silent since the request went out."""
 
 
 def request_id_of(request: IRequest) -> str:
