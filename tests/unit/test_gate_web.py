@@ -16,11 +16,11 @@ from meshd.identity import Identity
 from meshd.metrics import Metrics
 from meshd.node import Node, NodeState
 from meshd.protocol.peers import Role as PeerRole
+from meshd.protocol.peers import build_self_announcement, peer_info_from_announcement
+from meshd.protocol.token import EndpointAddr
 from meshd.web.api import APIApp
 from meshd.web.console import ConsoleApp
 from meshd.web.gate import APIKeys, Gate, GateResource, key_id
-from meshd.protocol.peers import build_self_announcement, peer_info_from_announcement
-from meshd.protocol.token import EndpointAddr
 
 
 def make_node(clock: Clock | None = None, **kw: Any) -> Node:
