@@ -585,6 +585,12 @@ class GateResource(Resource):
         if gate.keys.required:
             kid = gate.keys.check(bearer_token(request.getHeader(b"authorization")))
             if kid is None:
+                # Failed attempts spend the client address's bucket: guessing keys is rate limited too.
+                if gate.requests is not None:
+                    decision = gate.requests.check("ip:" + ip, gate.now())
+                    if not decision.allowed:
+                        return self._rate_limited(request, decision)
+                    self._rate_headers(request, decision)
                 self._reject("auth")
                 return openai_error(
                     request,
@@ -609,19 +615,9 @@ class GateResource(Resource):
         now = gate.now()
         if gate.requests is not None:
             decision = gate.requests.check(ex.caller, now)
-            for header, text in decision.headers().items():
-                request.setHeader(header.encode(), text.encode())
             if not decision.allowed:
-                self._reject("rate_limit_requests")
-                return openai_error(
-                    request,
-                    429,
-                    f"Rate limit reached on requests per minute (RPM): limit {decision.limit}. "
-                    f"Please try again in {decision.retry_after}s.",
-                    "requests",
-                    code="rate_limit_exceeded",
-                    headers={"Retry-After": str(decision.retry_after)},
-                )
+                return self._rate_limited(request, decision)
+            self._rate_headers(request, decision)
         if ex.stream and gate.streams is not None:
             if not gate.streams.acquire(ex.caller):
                 self._reject("rate_limit_streams")
@@ -650,6 +646,23 @@ class GateResource(Resource):
         self._waiting[token] = (request, ex)
         ex.queue_timer = gate.clock.callLater(max(0.0, deadline - now), self._expire)
         return NOT_DONE_YET
+
+    def _rate_headers(self, request: IRequest, decision: RateDecision) -> None:
+        for header, text in decision.headers().items():
+            request.setHeader(header.encode(), text.encode())
+
+    def _rate_limited(self, request: IRequest, decision: RateDecision) -> bytes:
+        self._rate_headers(request, decision)
+        self._reject("rate_limit_requests")
+        return openai_error(
+            request,
+            429,
+            f"Rate limit reached on requests per minute (RPM): limit {decision.limit}. "
+            f"Please try again in {decision.retry_after}s.",
+            "requests",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(decision.retry_after)},
+        )
 
     # -- queue ----------------------------------------------------------------------------------
 

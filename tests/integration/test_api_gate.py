@@ -70,7 +70,7 @@ class HeldLLM(FakeLLM):
         body = json.loads(request.content.read())
         if not body.get("stream"):
             request.content.seek(0)
-            return super().render_POST(_Replay(request, body))
+            return super().render_POST(request)
         self.requests.append(body)
         self.started += 1
         request.setHeader(b"content-type", b"text/event-stream")
@@ -109,16 +109,6 @@ class HeldLLM(FakeLLM):
         else:
             self._held.append(rest)
         return NOT_DONE_YET
-
-
-class _Replay:
-    """The request with its body already parsed (FakeLLM reads it again)."""
-
-    def __init__(self, request: Any, body: dict[str, Any]) -> None:
-        self._r = request
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._r, name)
 
 
 async def start_host(tmp: Path, cleanup: list[Any], llm: FakeLLM) -> Node:

@@ -176,6 +176,16 @@ def test_rpm_limit_per_key_with_headers_on_every_response() -> None:
     assert call(app.resource(), "/v1/models", headers=a).code == 200
 
 
+def test_failed_keys_spend_the_client_address_bucket() -> None:
+    app = APIApp(make_node(api_keys=("sk-good",), rate_limit_rpm=2))
+    bad = {"authorization": "Bearer sk-guess"}
+    r1, r2, r3 = (call(app.resource(), "/v1/models", headers=bad) for _ in range(3))
+    assert [r.code for r in (r1, r2, r3)] == [401, 401, 429]
+    assert r1.header("x-ratelimit-remaining-requests") == "1"
+    assert r3.json()["error"]["code"] == "rate_limit_exceeded"
+    assert call(app.resource(), "/v1/models", headers={"authorization": "Bearer sk-good"}).code == 200
+
+
 def test_without_keys_the_client_ip_is_the_caller_and_trust_proxy_changes_it() -> None:
     app = APIApp(make_node(rate_limit_rpm=1, trust_proxy=True))
     h1 = {"fly-client-ip": "203.0.113.1"}
