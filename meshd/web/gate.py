@@ -602,6 +602,8 @@ class GateResource(Resource):
                 )
             ex.key_id = kid
             ex.caller = "key:" + kid
+            # The key is for this gate: never forward it through the tunnel to a mesh host.
+            request.requestHeaders.removeHeader(b"authorization")
         else:
             ex.caller = "ip:" + ip
 

@@ -227,6 +227,22 @@ def _pending(stub: StubTreq, path: str = "/v1/chat/completions", body: Any = Non
     return stub.request("POST", "http://x" + path, headers=headers, data=data)
 
 
+def test_accepted_key_is_not_passed_on() -> None:
+    held = Held()
+    stub = StubTreq(GateResource(held, Gate(Clock(), keys=APIKeys(["sk-a"]))))
+    _pending(stub, key="sk-a")
+    stub.flush()
+    assert held.open[0].getHeader(b"authorization") is None
+    held.finish_one()
+    stub.flush()
+    open_gate = StubTreq(GateResource(held, Gate(Clock())))
+    _pending(open_gate, key="caller-own-token")  # an open API passes the caller's header through as before
+    open_gate.flush()
+    assert held.open[0].getHeader(b"authorization") == b"Bearer caller-own-token"
+    held.finish_one()
+    open_gate.flush()
+
+
 def test_in_flight_cap_queues_then_hands_over_or_rejects() -> None:
     clock = Clock()
     held = Held()
