@@ -46,6 +46,16 @@ class Config:
     backend_max_inflight: int = 4
     state_dir: Path = attrs.field(factory=lambda: Path("~/.meshd").expanduser())
     log_format: str = "text"
+    # The API gate (meshd.web.gate): in-flight cap, per-caller limits, keys, CORS, metrics.
+    max_inflight: int = 0
+    queue_timeout: float = 2.0
+    rate_limit_rpm: int = 0
+    rate_limit_streams: int = 0
+    trust_proxy: bool = False
+    api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
+    api_keys_file: Path | None = None
+    metrics: bool = False
+    cors_origins: tuple[str, ...] = ("*",)
 
     @property
     def interface(self) -> str:

@@ -32,6 +32,7 @@ def _install_asyncio_reactor() -> str | None:
 _FOREIGN_REACTOR = _install_asyncio_reactor()
 
 import ipaddress  # noqa: E402
+import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
@@ -58,6 +59,7 @@ from meshd.node import Node  # noqa: E402
 from meshd.tunnel import Backend  # noqa: E402
 from meshd.web.api import APIApp  # noqa: E402
 from meshd.web.console import ConsoleApp  # noqa: E402
+from meshd.web.gate import GateService  # noqa: E402
 from meshd.web.listen import TCPListenService  # noqa: E402
 
 EXIT_USAGE = 2
@@ -88,6 +90,8 @@ class Options(usage.Options):
         ["listen-all", None, "Bind the API and console on 0.0.0.0 instead of 127.0.0.1."],
         ["headless", None, "Serve no web UI pages; /api/* and the API port keep working."],
         ["publish", None, "Publish this mesh's listing on Nostr (hosts only)."],
+        ["trust-proxy", None, "Take the caller's address from Fly-Client-IP, then X-Forwarded-For."],
+        ["metrics", None, "Serve Prometheus metrics at /metrics on both ports."],
     ]
     optParameters = [
         ["port", None, str(DEFAULT_API_PORT), "OpenAI-compatible API port (0 = any free port)."],
@@ -101,6 +105,11 @@ class Options(usage.Options):
         ["backend-max-inflight", None, "4", "Host: requests relayed to the backend at once; more are refused."],
         ["state-dir", None, "~/.meshd", "Folder for keys and state."],
         ["log-format", None, "text", "Log output: text or json (one JSON object per line)."],
+        ["max-inflight", None, "0", "API requests in flight at once (0 = unlimited); more get 503 server_busy."],
+        ["queue-timeout", None, "2", "Seconds a request over --max-inflight waits for a slot before the 503."],
+        ["rate-limit-rpm", None, "0", "Requests per minute per caller (API key, else client IP; 0 = off)."],
+        ["rate-limit-streams", None, "0", "Concurrent streaming requests per caller (0 = off)."],
+        ["api-keys-file", None, None, "File of API keys, one a line, # comments; re-read on SIGHUP."],
     ]
 
     def __init__(self) -> None:
@@ -108,6 +117,16 @@ class Options(usage.Options):
         self["join"] = []
         self["nostr-relay"] = []
         self["model"] = []
+        self["api-key"] = []
+        self["cors-origin"] = []
+
+    def opt_api_key(self, key: str) -> None:
+        """Require this API key (Authorization: Bearer KEY) on the API port (repeatable)."""
+        self["api-key"].append(key)
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """Origin allowed to call the API from a browser (repeatable; default *)."""
+        self["cors-origin"].append(origin)
 
     def opt_join(self, token: str) -> None:
         """Join the mesh behind this invite token (repeatable; tried in order)."""
@@ -209,6 +228,7 @@ class Options(usage.Options):
                 raise usage.UsageError("--model must not be empty")
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format must be text or json, got {self['log-format']!r}")
+        gate = self._gate_options()
         return Config(
             role=role,
             auto=bool(self["auto"]),
@@ -229,7 +249,52 @@ class Options(usage.Options):
             backend_max_inflight=inflight,
             state_dir=Path(self["state-dir"]).expanduser(),
             log_format=self["log-format"],
+            **gate,
         )
+
+    def _gate_options(self) -> dict[str, Any]:
+        def count(flag: str) -> int:
+            try:
+                n = int(self[flag])
+            except ValueError:
+                raise usage.UsageError(f"--{flag} must be a whole number, got {self[flag]!r}") from None
+            if n < 0:
+                raise usage.UsageError(f"--{flag} must be 0 or more, got {n}")
+            return n
+
+        try:
+            queue_timeout = float(self["queue-timeout"])
+        except ValueError:
+            raise usage.UsageError(
+                f"--queue-timeout must be a number of seconds, got {self['queue-timeout']!r}"
+            ) from None
+        if not 0 <= queue_timeout <= 600:
+            raise usage.UsageError("--queue-timeout must be between 0 and 600 seconds")
+        keys = tuple(self["api-key"])
+        for key in keys:
+            if not key or any(c.isspace() for c in key) or not key.isprintable():
+                raise usage.UsageError("--api-key must be a non-empty key without spaces")
+        keys_file = None
+        if self["api-keys-file"] is not None:
+            keys_file = Path(self["api-keys-file"]).expanduser()
+            if not keys_file.is_file() or not os.access(keys_file, os.R_OK):
+                raise usage.UsageError(f"--api-keys-file {str(keys_file)!r} is not a readable file")
+        origins = tuple(self["cors-origin"]) or ("*",)
+        for origin in origins:
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/")):
+                raise usage.UsageError(f"--cors-origin must be * or scheme://host[:port], got {origin!r}")
+        return {
+            "max_inflight": count("max-inflight"),
+            "queue_timeout": queue_timeout,
+            "rate_limit_rpm": count("rate-limit-rpm"),
+            "rate_limit_streams": count("rate-limit-streams"),
+            "trust_proxy": bool(self["trust-proxy"]),
+            "api_keys": keys,
+            "api_keys_file": keys_file,
+            "metrics": bool(self["metrics"]),
+            "cors_origins": origins,
+        }
 
 
 class MeshdService(MultiService):
@@ -313,8 +378,12 @@ def build_service(config: Config, reactor: Any) -> MeshdService:
     if config.publish:
         Publisher(reactor, pool, lambda: listing_for(node), state_dir=config.state_dir).setServiceParent(pool)
     extra.append(("discovery", pool))
-    api_site = APIApp(node, reactor).site()
-    console_site = ConsoleApp(node, discovery).site()
+    api_app = APIApp(node, reactor)
+    extra.append(("gate", GateService(reactor, api_app.gate)))
+    api_site = api_app.site()
+    console_app = ConsoleApp(node, discovery)
+    console_app.metrics = api_app.metrics
+    console_site = console_app.site()
     api = TCPListenService(reactor, config.interface, config.api_port, api_site)
     console = TCPListenService(reactor, config.interface, config.console_port, console_site)
     top = MeshdService(reactor, config, node, api, console)

@@ -2,6 +2,8 @@
 
 ``GET /v1/models`` is answered locally from the mesh state; every other path is tunnelled to a
 host that serves the request's model (``meshd.web.proxy``). Errors use OpenAI's envelope.
+Every request passes the gate first (``meshd.web.gate``: keys, rate limits, in-flight cap, CORS,
+access log); ``/health``, ``/ready`` and ``/metrics`` bypass keys and limits.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from meshd.httpwire import openai_error_body
+from meshd.metrics import Metrics
 from meshd.node import Node
 from meshd.web.errors import json_body, openai_error
+from meshd.web.gate import Gate, GateResource, ready_response
 from meshd.web.http import LimitedSite
 from meshd.web.proxy import MeshProxy
 
@@ -25,12 +29,19 @@ class APIApp:
     app = Klein()
     _log = Logger()
 
-    def __init__(self, node: Node, reactor: Any = None) -> None:
+    def __init__(self, node: Node, reactor: Any = None, gate: Gate | None = None) -> None:
         self.node = node
-        self.proxy = MeshProxy(node, reactor if reactor is not None else node._reactor)
+        clock = reactor if reactor is not None else node._reactor
+        self.proxy = MeshProxy(node, clock)
+        self.metrics = Metrics(node, self.proxy) if node.config.metrics else None
+        self.gate = gate if gate is not None else Gate.from_config(node.config, clock, self.metrics)
+        if self.metrics is not None:
+            self.gate.metrics = self.metrics
+            self.metrics.gate = self.gate
+        node.status_extras["gate"] = self.gate.status
 
     def resource(self) -> Any:
-        return self.app.resource()
+        return GateResource(self.app.resource(), self.gate)
 
     def site(self) -> LimitedSite:
         return LimitedSite(self.resource(), _api_error_body)
@@ -38,6 +49,19 @@ class APIApp:
     @app.route("/health", methods=["GET", "HEAD"])
     def health(self, request: IRequest) -> bytes:
         return json_body(request, 200, {"status": "ok"})
+
+    @app.route("/ready", methods=["GET", "HEAD"])
+    def ready(self, request: IRequest) -> bytes:
+        return ready_response(request, self.node)
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: IRequest) -> bytes:
+        if self.metrics is None:
+            return openai_error(
+                request, 404, "metrics are off (start meshd with --metrics)", "invalid_request_error", code="not_found"
+            )
+        request.setHeader(b"content-type", self.metrics.content_type.encode())
+        return self.metrics.render()
 
     @app.route("/v1/models", methods=["GET"])
     @app.route("/models", methods=["GET"])
@@ -58,7 +82,6 @@ class APIApp:
                     "hosts": hosts,
                 }
             )
-        request.setHeader(b"access-control-allow-origin", b"*")
         return json_body(request, 200, {"object": "list", "data": data})
 
     @app.route("/", branch=True, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])

@@ -14,8 +14,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from meshd.autojoin import Discovery
 from meshd.discovery.api import discover_api, parse_discover_query
+from meshd.metrics import Metrics
 from meshd.node import Node
 from meshd.web.errors import console_error, json_body
+from meshd.web.gate import ready_response
 from meshd.web.http import LimitedSite
 
 
@@ -36,6 +38,20 @@ class ConsoleApp:
     @app.route("/health", methods=["GET", "HEAD"])
     def health(self, request: IRequest) -> bytes:
         return json_body(request, 200, {"status": "ok"})
+
+    # Readiness and Prometheus metrics (meshd.web.gate, meshd.metrics); metrics is set by build_service.
+    metrics: Metrics | None = None
+
+    @app.route("/ready", methods=["GET", "HEAD"])
+    def ready(self, request: IRequest) -> bytes:
+        return ready_response(request, self.node)
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: IRequest) -> bytes:
+        if self.metrics is None:
+            return console_error(request, 404, "Not found")
+        request.setHeader(b"content-type", self.metrics.content_type.encode())
+        return self.metrics.render()
 
     @app.route("/api/status", methods=["GET"])
     def status(self, request: IRequest) -> bytes:
