@@ -46,6 +46,8 @@ class Config:
     backend_max_inflight: int = 4
     state_dir: Path = attrs.field(factory=lambda: Path("~/.meshd").expanduser())
     log_format: str = "text"
+    #: ``--console-token``: lets non-loopback callers use the console's admin routes (``POST /api/join``).
+    console_token: str | None = None
 
     @property
     def interface(self) -> str:

@@ -101,6 +101,7 @@ class Options(usage.Options):
         ["backend-max-inflight", None, "4", "Host: requests relayed to the backend at once; more are refused."],
         ["state-dir", None, "~/.meshd", "Folder for keys and state."],
         ["log-format", None, "text", "Log output: text or json (one JSON object per line)."],
+        ["console-token", None, None, "Admin token: non-loopback callers of POST /api/join need it as a Bearer."],
     ]
 
     def __init__(self) -> None:
@@ -229,6 +230,7 @@ class Options(usage.Options):
             backend_max_inflight=inflight,
             state_dir=Path(self["state-dir"]).expanduser(),
             log_format=self["log-format"],
+            console_token=self["console-token"] or None,
         )
 
 
