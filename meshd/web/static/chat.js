@@ -92,7 +92,7 @@ function statsLine(meta) {
   if (meta.ttft_ms !== undefined) parts.push(h("span", { "data-testid": "ttft" }, "TTFT ", h("b", {}, Math.round(meta.ttft_ms) + " ms")));
   if (meta.tps !== undefined) parts.push(h("span", { "data-testid": "tps" }, h("b", {}, meta.tps.toFixed(1)), " tok/s"));
   if (meta.tokens) parts.push(h("span", {}, h("b", {}, meta.tokens), " tokens"));
-  if (meta.stopped) parts.push(h("span", { "data-testid": "stopped" }, "stopped"));
+  if (meta.stopped) parts.push(h("span", { "data-testid": "stopped", class: "stopped" }, "■ stopped"));
   return parts;
 }
 

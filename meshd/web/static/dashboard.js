@@ -116,18 +116,30 @@ function truncate(text, n) {
 }
 
 function renderTopology(st, peers) {
-  const W = 640;
-  const H = 400;
-  const cx = W / 2;
-  const cy = H / 2;
+  // Drawn at the container's own width so text stays readable on a phone.
+  const box = $("topology");
+  const W = Math.round(Math.max(320, Math.min(760, box.clientWidth || 640)));
+  const narrow = W < 520;
   const hostPeers = peers.filter((p) => roleClass(p.role) === "host");
   const clientPeers = peers.filter((p) => roleClass(p.role) !== "host");
+  // Hosts above this node, clients below; one band only when there is one kind of peer.
+  const both = hostPeers.length > 0 && clientPeers.length > 0;
+  const H = both ? (narrow ? 380 : 420) : narrow ? 260 : 300;
+  const cx = W / 2;
+  const cy = both || !peers.length ? H / 2 : hostPeers.length ? H - 85 : 85;
+  const rx = W / 2 - (narrow ? 52 : 90);
+  const ry = both ? H / 2 - 62 : H - 125;
   const place = (list, a0, a1) =>
     list.map((p, i) => {
-      const a = ((a0 + ((i + 1) * (a1 - a0)) / (list.length + 1)) * Math.PI) / 180;
-      return { p, x: cx + 240 * Math.cos(a), y: cy + 140 * Math.sin(a) };
+      const deg = list.length === 1 ? (a0 + a1) / 2 : a0 + (i * (a1 - a0)) / (list.length - 1);
+      const a = (deg * Math.PI) / 180;
+      return { p, x: cx + rx * Math.cos(a), y: cy + ry * Math.sin(a) };
     });
-  const placed = [...place(hostPeers, 190, 350), ...place(clientPeers, 10, 170)];
+  const spread = (n) => Math.min(75, 35 + n * 10); // half-width of the arc, in degrees
+  const placed = [
+    ...place(hostPeers, 270 - spread(hostPeers.length), 270 + spread(hostPeers.length)),
+    ...place(clientPeers, 90 + spread(clientPeers.length), 90 - spread(clientPeers.length)),
+  ];
   const edges = [];
   const labels = [];
   const nodes = [];
@@ -136,14 +148,16 @@ function renderTopology(st, peers) {
     const color = path === "direct" ? "var(--accent)" : path === "relay" ? "var(--warn)" : "var(--muted)";
     const dash = path === "direct" ? null : path === "relay" ? "8 6" : "2 6";
     edges.push(s("line", { x1: cx, y1: cy, x2: x, y2: y, stroke: color, "stroke-width": 2, "stroke-dasharray": dash, "stroke-linecap": "round", opacity: 0.9 }));
-    const mx = (cx + x) / 2;
-    const my = (cy + y) / 2;
-    const text = path === "gossip" ? "via gossip" : path + (p.rtt_ms !== null && p.rtt_ms !== undefined ? " · " + fmtRtt(p.rtt_ms) : "");
-    const w = text.length * 6.6 + 14;
+    const mx = cx + (x - cx) * 0.55;
+    const my = cy + (y - cy) * 0.55;
+    const rtt = p.rtt_ms !== null && p.rtt_ms !== undefined ? fmtRtt(p.rtt_ms) : "";
+    const lines = path === "gossip" ? ["via gossip"] : narrow && rtt ? [path, rtt] : [path + (rtt ? " · " + rtt : "")];
+    const w = Math.max(...lines.map((t) => t.length)) * 6.6 + 14;
+    const lh = 14 * lines.length + 6;
     labels.push(
       s("g", { class: "edge-label" },
-        s("rect", { x: mx - w / 2, y: my - 10, width: w, height: 20, rx: 10, fill: "#0d1218", stroke: "#263241" }),
-        s("text", { x: mx, y: my + 4, "text-anchor": "middle", "font-size": 11.5, fill: "#c9d4e0" }, text)),
+        s("rect", { x: mx - w / 2, y: my - lh / 2, width: w, height: lh, rx: 9, fill: "#0d1218", stroke: "#263241" }),
+        lines.map((t, i) => s("text", { x: mx, y: my - lh / 2 + 15 + i * 14, "text-anchor": "middle", "font-size": 11.5, fill: "#c9d4e0" }, t))),
     );
     const isHost = roleClass(p.role) === "host";
     const fillColor = isHost ? "var(--host)" : "var(--client)";
@@ -263,7 +277,7 @@ async function loadDiscover() {
           { "data-mesh-id": l.mesh_id || "" },
           h("td", {}, h("b", {}, name), l.region ? h("div", { class: "hint" }, l.region) : null, mine ? h("span", { class: "badge self" }, "this mesh") : null),
           h("td", {}, (l.serving || []).join(", ") || "–"),
-          h("td", { class: "num" }, `${l.node_count || 0}`, l.client_count ? h("div", { class: "hint" }, `+${l.client_count} clients`) : null),
+          h("td", { class: "num" }, `${l.node_count || 0}`, l.client_count ? h("div", { class: "hint" }, `+${l.client_count} client${l.client_count === 1 ? "" : "s"}`) : null),
           h("td", { class: "num" }, Math.round(m.score || 0)),
           h("td", {}, mine ? null : h("button", { type: "button", onclick: () => joinToken(l.invite_token), "aria-label": "Join " + name }, "Join")),
         );
@@ -286,4 +300,12 @@ $("discover-refresh").addEventListener("click", loadDiscover);
 setInterval(tick, 1000);
 setInterval(loadDiscover, 60000);
 followStatus(render, (state) => showConn($("conn"), state));
+let lastWidth = 0;
+window.addEventListener("resize", () => {
+  const w = $("topology").clientWidth;
+  if (status && Math.abs(w - lastWidth) > 20) {
+    lastWidth = w;
+    renderTopology(status, Array.isArray(status.peers) ? status.peers : []);
+  }
+});
 loadDiscover();
