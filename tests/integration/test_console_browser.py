@@ -89,9 +89,13 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
+def chromium_missing() -> bool:
+    return not Path(CHROMIUM).exists()
+
+
 @pytest_twisted.async_yield_fixture
 async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
+    if chromium_missing():
         if os.environ.get("MESHD_SKIP_BROWSER") == "1":
             pytest.skip("MESHD_SKIP_BROWSER=1 and no Chromium")
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (or set MESHD_SKIP_BROWSER=1)")
