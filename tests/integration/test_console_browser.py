@@ -255,8 +255,11 @@ async def test_chat_streams_shows_the_host_and_stop_cancels(
     await aio(page.wait_for_selector(".msg.assistant:not(.streaming) [data-testid=served-by]"))
     reply = await aio(page.locator(".msg.assistant .bubble").last.inner_text())
     assert reply.strip() == " ".join(f"w{i}" for i in range(30))
-    served = (await aio(page.locator("[data-testid=served-by] b").last.inner_text())).strip()
+    served_by = page.locator("[data-testid=served-by] b").last
+    served = (await aio(served_by.inner_text())).strip()
     assert served in by_id
+    full = {h.identity.short_id: h.identity.endpoint_id for h, _, _ in mesh.hosts}[served]
+    assert await aio(served_by.get_attribute("title")) == full  # from x-mesh-served-by
     assert [r["messages"][-1]["content"] for r in by_id[served].requests] == ["hello mesh"]
     assert await aio(page.locator("[data-testid=ttft]").count()) == 1
     assert await aio(page.locator("[data-testid=tps]").count()) == 1

@@ -87,7 +87,11 @@ function renderConversations() {
 
 function statsLine(meta) {
   const parts = [];
-  if (meta.host) parts.push(h("span", { "data-testid": "served-by" }, "host ", h("b", { class: "mono" }, meta.host)));
+  if (meta.host) {
+    // x-mesh-served-by carries the full endpoint id; show iroh's short form (first 10 hex digits).
+    const short = /^[0-9a-f]{64}$/.test(meta.host) ? meta.host.slice(0, 10) : meta.host;
+    parts.push(h("span", { "data-testid": "served-by" }, "host ", h("b", { class: "mono", title: meta.host }, short)));
+  }
   if (meta.model) parts.push(h("span", {}, "model ", h("b", {}, meta.model)));
   if (meta.ttft_ms !== undefined) parts.push(h("span", { "data-testid": "ttft" }, "TTFT ", h("b", {}, Math.round(meta.ttft_ms) + " ms")));
   if (meta.tps !== undefined) parts.push(h("span", { "data-testid": "tps" }, h("b", {}, meta.tps.toFixed(1)), " tok/s"));
