@@ -290,3 +290,18 @@ async def test_chat_streams_shows_the_host_and_stop_cancels(
     assert width <= 375, f"the chat page scrolls sideways at 375 px ({width} px wide)"
     await aio(page.close())
     assert browser.errors == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_proxy_reports_an_unreachable_api_port_as_502(tmp_path: Path, cleanup: list[Any]) -> None:
+    client = node(tmp_path, Role.CLIENT)
+    closed = reactor.listenTCP(0, APIApp(client, reactor).site(), interface="127.0.0.1")
+    client.api_port = closed.getHost().port
+    await closed.stopListening()  # nothing listens there any more
+    console = ConsoleApp(client)
+    port = reactor.listenTCP(0, console.site(), interface="127.0.0.1")
+    cleanup.extend([port, console])
+    url = f"http://127.0.0.1:{port.getHost().port}/api/chat"
+    resp = await treq.post(url, data=b'{"model":"tiny","messages":[]}', headers={"content-type": "application/json"})
+    assert resp.code == 502
+    assert json.loads(await resp.content()) == {"error": "Cannot reach LLM server"}
