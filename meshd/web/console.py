@@ -57,7 +57,7 @@ CONTENT_TYPES = {
 }
 UPSTREAM_CONNECT_TIMEOUT = 10.0
 #: Request headers passed on to the API port; the rest (cookies, the console token) stay here.
-_FORWARD_REQUEST = (b"content-type", b"accept", b"user-agent", b"x-request-id")
+_FORWARD_REQUEST = (b"content-type", b"accept", b"user-agent", b"x-request-id", b"x-mesh-target", b"x-mesh-exclude")
 _HOP_BY_HOP = {
     b"connection",
     b"keep-alive",
