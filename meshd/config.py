@@ -56,6 +56,8 @@ class Config:
     api_keys_file: Path | None = None
     metrics: bool = False
     cors_origins: tuple[str, ...] = ("*",)
+    #: ``--console-token``: lets non-loopback callers use the console's admin routes (``POST /api/join``).
+    console_token: str | None = None
 
     @property
     def interface(self) -> str:

@@ -110,6 +110,7 @@ class Options(usage.Options):
         ["rate-limit-rpm", None, "0", "Requests per minute per caller (API key, else client IP; 0 = off)."],
         ["rate-limit-streams", None, "0", "Concurrent streaming requests per caller (0 = off)."],
         ["api-keys-file", None, None, "File of API keys, one a line, # comments; re-read on SIGHUP."],
+        ["console-token", None, None, "Admin token: non-loopback callers of POST /api/join need it as a Bearer."],
     ]
 
     def __init__(self) -> None:
@@ -250,6 +251,7 @@ class Options(usage.Options):
             state_dir=Path(self["state-dir"]).expanduser(),
             log_format=self["log-format"],
             **gate,
+            console_token=self["console-token"] or None,
         )
 
     def _gate_options(self) -> dict[str, Any]:

@@ -1,0 +1,311 @@
+// meshd console: the dashboard. Live from /api/events; discovered meshes from /api/discover.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let status = null;
+let receivedAt = 0;
+const ticking = []; // [element, baseSecs, formatter]
+
+function elapsed() {
+  return (performance.now() - receivedAt) / 1000;
+}
+
+function tick() {
+  const e = elapsed();
+  for (const [el, base, fmt] of ticking) el.textContent = fmt(base + e);
+}
+
+function roleClass(role) {
+  return String(role || "").toLowerCase() === "host" ? "host" : "client";
+}
+
+function render(st) {
+  status = st;
+  receivedAt = performance.now();
+  ticking.length = 0;
+  const peers = Array.isArray(st.peers) ? st.peers : [];
+  const models = Array.isArray(st.mesh_models) ? st.mesh_models : [];
+
+  $("mesh-title").textContent = st.mesh_name ? st.mesh_name : st.mesh_id ? "Mesh " + st.mesh_id.slice(0, 8) : "Not in a mesh";
+  $("node-id").textContent = st.node_id || "–";
+  $("node-id").title = st.endpoint_id || "";
+  const role = $("node-role");
+  role.textContent = st.is_client ? "client" : "host";
+  role.className = "badge " + (st.is_client ? "client" : "host");
+  const state = $("node-state");
+  state.textContent = st.node_state || "–";
+  state.className = "badge " + (st.node_state === "joined" ? "warm" : "");
+  $("node-version").textContent = st.version || "–";
+  ticking.push([$("node-uptime"), st.uptime_secs || 0, fmtDuration]);
+  $("mesh-id").textContent = st.mesh_id || "–";
+
+  const hosts = peers.filter((p) => roleClass(p.role) === "host").length + (st.is_host ? 1 : 0);
+  const clients = peers.filter((p) => roleClass(p.role) !== "host").length + (st.is_client ? 1 : 0);
+  const vram = peers.filter((p) => roleClass(p.role) === "host").reduce((a, p) => a + (Number(p.vram_gb) || 0), 0);
+  $("stat-models").textContent = models.filter((m) => m.status === "warm").length;
+  $("stat-hosts").textContent = hosts;
+  $("stat-clients").textContent = clients;
+  fill($("stat-vram"), vram.toFixed(vram >= 100 ? 0 : 1), h("small", {}, " GB"));
+  $("stat-inflight").textContent = st.inflight_requests || 0;
+
+  renderTopology(st, peers);
+  renderModels(models);
+  renderPeers(peers);
+  $("token").textContent = st.token || "–";
+  tick();
+}
+
+function renderModels(models) {
+  const body = $("models-table").querySelector("tbody");
+  $("models-count").textContent = models.length ? String(models.length) : "";
+  $("models-empty").hidden = models.length > 0;
+  $("models-table").hidden = models.length === 0;
+  fill(
+    body,
+    models.map((m) => {
+      const ago = h("td", { class: "num" }, "–");
+      if (m.last_active_secs_ago !== undefined) ticking.push([ago, m.last_active_secs_ago, fmtAgo]);
+      return h(
+        "tr",
+        { "data-model": m.name },
+        h("td", {}, h("code", {}, m.name)),
+        h("td", {}, h("span", { class: "badge " + (m.status === "warm" ? "warm" : "cold") }, m.status)),
+        h("td", { class: "num" }, m.node_count),
+        h("td", { class: "num" }, m.request_count === undefined ? "–" : m.request_count),
+        ago,
+      );
+    }),
+  );
+}
+
+function pathOf(p) {
+  if (p.path === "relay") return "relay";
+  if (p.path === "direct" || p.connected) return "direct";
+  return "gossip";
+}
+
+function renderPeers(peers) {
+  const body = $("peers-table").querySelector("tbody");
+  $("peers-count").textContent = peers.length ? String(peers.length) : "";
+  $("peers-empty").hidden = peers.length > 0;
+  $("peers-table").hidden = peers.length === 0;
+  fill(
+    body,
+    peers.map((p) => {
+      const seen = h("td", { class: "num" });
+      ticking.push([seen, Number(p.last_seen_secs_ago) || 0, fmtAgo]);
+      const path = pathOf(p);
+      return h(
+        "tr",
+        { "data-peer-id": p.id },
+        h("td", {}, h("code", { title: p.endpoint_id || "" }, p.id)),
+        h("td", {}, h("span", { class: "badge " + roleClass(p.role) }, p.role)),
+        h("td", {}, (p.models || []).length ? (p.models || []).join(", ") : h("span", { class: "empty" }, "none")),
+        h("td", {}, path === "gossip" ? "via gossip" : path),
+        h("td", { class: "num" }, fmtRtt(p.rtt_ms)),
+        seen,
+        h("td", {}, p.version || "–"),
+      );
+    }),
+  );
+}
+
+function truncate(text, n) {
+  text = String(text || "");
+  return text.length > n ? text.slice(0, n - 1) + "…" : text;
+}
+
+function renderTopology(st, peers) {
+  // Drawn at the container's own width so text stays readable on a phone.
+  const box = $("topology");
+  const W = Math.round(Math.max(320, Math.min(760, box.clientWidth || 640)));
+  const narrow = W < 520;
+  const hostPeers = peers.filter((p) => roleClass(p.role) === "host");
+  const clientPeers = peers.filter((p) => roleClass(p.role) !== "host");
+  // Hosts above this node, clients below; one band only when there is one kind of peer.
+  const both = hostPeers.length > 0 && clientPeers.length > 0;
+  const H = both ? (narrow ? 380 : 420) : narrow ? 260 : 300;
+  const cx = W / 2;
+  const cy = both || !peers.length ? H / 2 : hostPeers.length ? H - 85 : 85;
+  const rx = W / 2 - (narrow ? 52 : 90);
+  const ry = both ? H / 2 - 62 : H - 125;
+  const place = (list, a0, a1) =>
+    list.map((p, i) => {
+      const deg = list.length === 1 ? (a0 + a1) / 2 : a0 + (i * (a1 - a0)) / (list.length - 1);
+      const a = (deg * Math.PI) / 180;
+      return { p, x: cx + rx * Math.cos(a), y: cy + ry * Math.sin(a) };
+    });
+  const spread = (n) => Math.min(75, 35 + n * 10); // half-width of the arc, in degrees
+  const placed = [
+    ...place(hostPeers, 270 - spread(hostPeers.length), 270 + spread(hostPeers.length)),
+    ...place(clientPeers, 90 + spread(clientPeers.length), 90 - spread(clientPeers.length)),
+  ];
+  const edges = [];
+  const labels = [];
+  const nodes = [];
+  for (const { p, x, y } of placed) {
+    const path = pathOf(p);
+    const color = path === "direct" ? "var(--accent)" : path === "relay" ? "var(--warn)" : "var(--muted)";
+    const dash = path === "direct" ? null : path === "relay" ? "8 6" : "2 6";
+    edges.push(s("line", { x1: cx, y1: cy, x2: x, y2: y, stroke: color, "stroke-width": 2, "stroke-dasharray": dash, "stroke-linecap": "round", opacity: 0.9 }));
+    const mx = cx + (x - cx) * 0.55;
+    const my = cy + (y - cy) * 0.55;
+    const rtt = p.rtt_ms !== null && p.rtt_ms !== undefined ? fmtRtt(p.rtt_ms) : "";
+    const lines = path === "gossip" ? ["via gossip"] : narrow && rtt ? [path, rtt] : [path + (rtt ? " · " + rtt : "")];
+    const w = Math.max(...lines.map((t) => t.length)) * 6.6 + 14;
+    const lh = 14 * lines.length + 6;
+    labels.push(
+      s("g", { class: "edge-label" },
+        s("rect", { x: mx - w / 2, y: my - lh / 2, width: w, height: lh, rx: 9, fill: "#0d1218", stroke: "#263241" }),
+        lines.map((t, i) => s("text", { x: mx, y: my - lh / 2 + 15 + i * 14, "text-anchor": "middle", "font-size": 11.5, fill: "#c9d4e0" }, t))),
+    );
+    const isHost = roleClass(p.role) === "host";
+    const fillColor = isHost ? "var(--host)" : "var(--client)";
+    const below = y >= cy;
+    const model = (p.models || [])[0];
+    nodes.push(
+      s("g", { class: "peer-node", "data-peer-id": p.id },
+        s("title", {}, `${p.role} ${p.id}${model ? " · " + (p.models || []).join(", ") : ""}`),
+        s("circle", { cx: x, cy: y, r: 16, fill: fillColor, stroke: "#0d1218", "stroke-width": 3 }),
+        s("text", { x, y: y + 4, "text-anchor": "middle", "font-size": 11, "font-weight": 700, fill: "#0d1218" }, isHost ? "H" : "C"),
+        s("text", { x, y: below ? y + 32 : y - 38, "text-anchor": "middle", "font-size": 12.5, "font-family": "ui-monospace, monospace", fill: "#e6edf3" }, p.id),
+        model ? s("text", { x, y: below ? y + 47 : y - 23, "text-anchor": "middle", "font-size": 11.5, fill: "#93a1b3" }, truncate(model + ((p.models || []).length > 1 ? ` +${p.models.length - 1}` : ""), 24)) : null),
+    );
+  }
+  const selfColor = "var(--accent)";
+  const self = s("g", { class: "self-node" },
+    s("circle", { cx, cy, r: 30, fill: "none", stroke: selfColor, "stroke-opacity": 0.35, "stroke-width": 8 }),
+    s("circle", { cx, cy, r: 24, fill: selfColor }),
+    s("text", { x: cx, y: cy + 4, "text-anchor": "middle", "font-size": 11, "font-weight": 800, fill: "#062624" }, "YOU"),
+    s("text", { x: cx, y: cy + 50, "text-anchor": "middle", "font-size": 12.5, "font-family": "ui-monospace, monospace", fill: "#e6edf3" }, st.node_id || ""),
+    s("text", { x: cx, y: cy + 65, "text-anchor": "middle", "font-size": 11.5, fill: "#93a1b3" }, st.is_client ? "client (this node)" : "host (this node)"),
+  );
+  const children = [...edges, ...nodes, self, ...labels];
+  if (!peers.length) {
+    children.push(s("text", { x: cx, y: 40, "text-anchor": "middle", "font-size": 13, fill: "#93a1b3" }, st.node_state === "joining" || st.node_state === "discovering" ? "Looking for peers…" : "No peers: paste an invite token below to join a mesh"));
+  }
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "presentation" }, ...children);
+  fill($("topology"), svg);
+  $("topology").setAttribute("aria-label", `Topology: this node and ${peers.length} peer(s), ${hostPeers.length} host(s)`);
+}
+
+// -- invite, join ---------------------------------------------------------------------------------
+
+async function copyToken() {
+  const token = status && status.token;
+  const msg = $("copy-msg");
+  if (!token) return;
+  let ok = false;
+  try {
+    await navigator.clipboard.writeText(token);
+    ok = true;
+  } catch (e) {
+    const range = document.createRange();
+    range.selectNodeContents($("token"));
+    const sel = window.getSelection();
+    sel.removeAllRanges();
+    sel.addRange(range);
+    try {
+      ok = document.execCommand("copy");
+    } catch (e2) {
+      ok = false;
+    }
+  }
+  msg.textContent = ok ? "Copied." : "Selected: press Ctrl+C to copy.";
+  msg.className = ok ? "msg-ok" : "";
+  $("copy-token").textContent = ok ? "Copied" : "Copy";
+  setTimeout(() => ($("copy-token").textContent = "Copy"), 1500);
+}
+
+async function joinToken(token) {
+  const msg = $("join-msg");
+  token = String(token || "").trim();
+  if (!token) {
+    msg.textContent = "Paste an invite token first.";
+    msg.className = "hint msg-bad";
+    return;
+  }
+  msg.textContent = "Joining…";
+  msg.className = "hint";
+  try {
+    const r = await fetch("/api/join", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ token }) });
+    const body = await r.json().catch(() => ({}));
+    if (r.ok) {
+      msg.textContent = "Joined: node is " + body.node_state + ".";
+      msg.className = "hint msg-ok";
+      $("join-token").value = "";
+    } else {
+      msg.textContent = "Could not join: " + (body.error || r.status);
+      msg.className = "hint msg-bad";
+    }
+  } catch (e) {
+    msg.textContent = "Could not reach the console.";
+    msg.className = "hint msg-bad";
+  }
+}
+
+// -- discovered meshes ----------------------------------------------------------------------------
+
+async function loadDiscover() {
+  const empty = $("discover-empty");
+  const table = $("discover-table");
+  const button = $("discover-refresh");
+  button.disabled = true;
+  try {
+    const r = await fetch("/api/discover", { cache: "no-store" });
+    const body = await r.json().catch(() => null);
+    if (!r.ok || !Array.isArray(body)) {
+      table.hidden = true;
+      empty.hidden = false;
+      empty.textContent = "Nostr discovery unavailable" + (body && body.error ? ": " + body.error : "") + ".";
+      $("discover-count").textContent = "";
+      return;
+    }
+    body.sort((a, b) => (b.score || 0) - (a.score || 0));
+    $("discover-count").textContent = body.length ? String(body.length) : "";
+    table.hidden = body.length === 0;
+    empty.hidden = body.length > 0;
+    empty.textContent = "No meshes listed on the relays right now.";
+    fill(
+      table.querySelector("tbody"),
+      body.map((m) => {
+        const l = m.listing || {};
+        const name = l.name || (l.mesh_id ? "mesh " + l.mesh_id.slice(0, 8) : "unnamed mesh");
+        const mine = status && l.mesh_id && l.mesh_id === status.mesh_id;
+        return h(
+          "tr",
+          { "data-mesh-id": l.mesh_id || "" },
+          h("td", {}, h("b", {}, name), l.region ? h("div", { class: "hint" }, l.region) : null, mine ? h("span", { class: "badge self" }, "this mesh") : null),
+          h("td", {}, (l.serving || []).join(", ") || "–"),
+          h("td", { class: "num" }, `${l.node_count || 0}`, l.client_count ? h("div", { class: "hint" }, `+${l.client_count} client${l.client_count === 1 ? "" : "s"}`) : null),
+          h("td", { class: "num" }, Math.round(m.score || 0)),
+          h("td", {}, mine ? null : h("button", { type: "button", onclick: () => joinToken(l.invite_token), "aria-label": "Join " + name }, "Join")),
+        );
+      }),
+    );
+  } catch (e) {
+    empty.hidden = false;
+    empty.textContent = "Could not reach the console.";
+  } finally {
+    button.disabled = false;
+  }
+}
+
+$("copy-token").addEventListener("click", copyToken);
+$("join-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  joinToken($("join-token").value);
+});
+$("discover-refresh").addEventListener("click", loadDiscover);
+setInterval(tick, 1000);
+setInterval(loadDiscover, 60000);
+followStatus(render, (state) => showConn($("conn"), state));
+let lastWidth = 0;
+window.addEventListener("resize", () => {
+  const w = $("topology").clientWidth;
+  if (status && Math.abs(w - lastWidth) > 20) {
+    lastWidth = w;
+    renderTopology(status, Array.isArray(status.peers) ? status.peers : []);
+  }
+});
+loadDiscover();

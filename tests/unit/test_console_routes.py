@@ -1,0 +1,234 @@
+"""Console routes without sockets: pages, headless, /api/join access rules, /api/chat methods, SSE glue."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from meshd.config import Role
+from meshd.identity import Identity
+from meshd.node import Node
+from meshd.protocol.token import EndpointAddr, encode_token
+from meshd.web.console import ConsoleApp, is_loopback, mesh_models
+
+from .test_web import _result, get, make_node
+
+GOOD_TOKEN = encode_token(EndpointAddr(Identity.generate().public_bytes, ip_addrs=[("127.0.0.1", 9)]))
+
+
+def post(app: Any, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    stub = StubTreq(app.resource())
+    resp = _result(stub.post("http://x" + path, data=body, headers=headers or {}))
+    content = _result(resp.content())
+    stub.flush()
+    return resp.code, json.loads(content) if content else None
+
+
+def raw(app: ConsoleApp, request: bytes, peer: str = "10.1.2.3") -> tuple[StringTransport, Any]:
+    """Feed raw HTTP to the console's real Site as if it came from ``peer``."""
+    site = app.site()
+    site.reactor = Clock()  # type: ignore[attr-defined]
+    addr = IPv6Address("TCP", peer, 5555) if ":" in peer else IPv4Address("TCP", peer, 5555)
+    proto = site.buildProtocol(addr)
+    assert proto is not None
+    transport = StringTransport(peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 3131))
+    proto.makeConnection(transport)
+    proto.dataReceived(request)
+    return transport, proto
+
+
+def join_request(token: str, auth: str | None = None) -> bytes:
+    body = json.dumps({"token": token}).encode()
+    head = b"POST /api/join HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    if auth is not None:
+        head += b"Authorization: " + auth.encode() + b"\r\n"
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def status_line(transport: StringTransport) -> bytes:
+    return transport.value().split(b"\r\n", 1)[0]
+
+
+def joining(node: Node) -> list[list[str]]:
+    calls: list[list[str]] = []
+
+    def fake_join(tokens: Any) -> Any:
+        calls.append(list(tokens))
+        return succeed(tokens[0])
+
+    node.join_any = fake_join  # type: ignore[method-assign]
+    return calls
+
+
+def test_pages_and_assets_are_served_with_types_and_no_cache() -> None:
+    app = ConsoleApp(make_node())
+    for path, marker in (("/", b"dashboard.js"), ("/dashboard", b"dashboard.js"), ("/chat", b"chat.js")):
+        code, headers, body = get(app, path)
+        assert code == 200, path
+        assert headers["content-type"] == ["text/html; charset=utf-8"]
+        assert headers["cache-control"] == ["no-cache"]
+        assert marker in body
+    assert get(app, "/chat/abc123")[0] == 200
+    code, headers, body = get(app, "/assets/style.css")
+    assert code == 200 and headers["content-type"] == ["text/css; charset=utf-8"] and b".topbar" in body
+    assert get(app, "/assets/dashboard.js")[1]["content-type"] == ["text/javascript; charset=utf-8"]
+    assert get(app, "/assets/favicon.svg")[1]["content-type"] == ["image/svg+xml"]
+    assert get(app, "/favicon.ico")[0] == 200
+    for bad in ("/assets/nope.js", "/assets/..%2fconsole.py", "/assets/.hidden.js", "/assets/x.py", "/nope"):
+        code, headers, body = get(app, bad)
+        assert code == 404, bad
+        assert json.loads(body) == {"error": "Not found"}
+
+
+def test_pages_reference_only_local_assets() -> None:
+    app = ConsoleApp(make_node())
+    for path in ("/", "/chat"):
+        body = get(app, path)[2].decode()
+        assert "http://" not in body and "https://" not in body and "//cdn" not in body
+        for ref in ("/assets/style.css", "/assets/common.js"):
+            assert ref in body
+            assert get(app, ref)[0] == 200
+
+
+def test_headless_404s_every_ui_route_but_keeps_the_api() -> None:
+    app = ConsoleApp(make_node(headless=True))
+    for path in ("/", "/dashboard", "/chat", "/chat/x", "/assets/style.css", "/favicon.ico"):
+        assert get(app, path)[0] == 404, path
+    for path in ("/api/status", "/api/models", "/health"):
+        assert get(app, path)[0] == 200, path
+    assert get(app, "/api/chat")[0] == 405
+
+
+def test_chat_rejects_other_methods_with_405() -> None:
+    app = ConsoleApp(make_node())
+    for method in ("GET", "PUT", "DELETE"):
+        code, _, body = get(app, "/api/chat", method)
+        assert code == 405, method
+        assert json.loads(body) == {"error": "Method Not Allowed"}
+    assert get(app, "/api/chat/completions", "GET")[0] == 405
+
+
+def test_chat_without_an_api_port_is_503() -> None:
+    node = make_node()
+    node.api_port = None
+    code, body = post(ConsoleApp(node), "/api/chat", b"{}")
+    assert code == 503 and body == {"error": "LLM not ready"}
+
+
+def test_join_from_loopback_calls_the_node() -> None:
+    node = make_node()
+    calls = joining(node)
+    code, body = post(ConsoleApp(node), "/api/join", json.dumps({"token": GOOD_TOKEN}).encode())
+    assert code == 200 and body["joined"] is True
+    assert calls == [[GOOD_TOKEN]]
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        (b"not json", "body must be JSON"),
+        (b"[1]", "missing"),
+        (b'{"token": 5}', "missing"),
+        (b'{"token": "  "}', "missing"),
+        (b'{"token": "garbage!"}', "bad invite token"),
+    ],
+)
+def test_join_rejects_bad_json_and_bad_tokens(body: bytes, message: str) -> None:
+    node = make_node()
+    calls = joining(node)
+    code, out = post(ConsoleApp(node), "/api/join", body)
+    assert code == 400
+    assert message in out["error"]
+    assert calls == []
+
+
+def test_join_failure_is_502() -> None:
+    node = make_node()
+    node.join_any = lambda tokens: succeed(None)  # type: ignore[method-assign]
+    code, out = post(ConsoleApp(node), "/api/join", json.dumps({"token": GOOD_TOKEN}).encode())
+    assert code == 502 and "could not join" in out["error"]
+
+
+def test_join_from_elsewhere_needs_the_console_token() -> None:
+    node = make_node()
+    calls = joining(node)
+    transport, _ = raw(ConsoleApp(node), join_request(GOOD_TOKEN))
+    assert status_line(transport) == b"HTTP/1.1 403 Forbidden"
+    assert calls == []
+    node = make_node(console_token="s3cret")
+    calls = joining(node)
+    for auth in (None, "Bearer wrong", "Basic s3cret", "Bearer s3cret-and-more"):
+        transport, _ = raw(ConsoleApp(node), join_request(GOOD_TOKEN, auth))
+        assert status_line(transport) == b"HTTP/1.1 403 Forbidden", auth
+    assert calls == []
+    transport, _ = raw(ConsoleApp(node), join_request(GOOD_TOKEN, "Bearer s3cret"))
+    assert status_line(transport) == b"HTTP/1.1 200 OK"
+    assert calls == [[GOOD_TOKEN]]
+    transport, _ = raw(ConsoleApp(node), join_request(GOOD_TOKEN), peer="::1")
+    assert status_line(transport) == b"HTTP/1.1 200 OK"
+
+
+def test_read_only_routes_stay_open_to_everyone() -> None:
+    app = ConsoleApp(make_node(console_token="s3cret"))
+    transport, _ = raw(app, b"GET /api/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status_line(transport) == b"HTTP/1.1 200 OK"
+
+
+def test_is_loopback() -> None:
+    for host in ("127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"):
+        assert is_loopback(host), host
+    for host in ("10.0.0.1", "0.0.0.0", "::", "::ffff:10.0.0.1", "", None, "localhost", "garbage"):
+        assert not is_loopback(host), host
+
+
+def test_events_stream_over_the_real_site() -> None:
+    node = make_node()
+    clock: Clock = node._reactor
+    clock.advance(100)
+    app = ConsoleApp(node)
+    transport, proto = raw(app, b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n", peer="127.0.0.1")
+    head, _, rest = transport.value().partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    assert lines[0] == b"http/1.1 200 ok"
+    for header in (
+        b"content-type: text/event-stream",
+        b"cache-control: no-cache",
+        b"connection: keep-alive",
+        b"x-accel-buffering: no",
+    ):
+        assert header in lines
+    assert b'"node_id":"' + node.identity.short_id.encode() + b'"' in rest
+    assert len(app.events.subscribers) == 1
+    node.mesh_name = "renamed"
+    node.notify_changed()
+    clock.advance(1)
+    assert b'"mesh_name":"renamed"' in transport.value()
+    assert b": keepalive\n\n" not in transport.value()
+    clock.advance(15)
+    assert b": keepalive\n\n" in transport.value()
+    proto.connectionLost(Exception("gone"))
+    assert app.events.subscribers == set()
+    assert clock.getDelayedCalls() == [] or all(not c.active() for c in clock.getDelayedCalls())
+
+
+def test_mesh_models_counts_hosts_and_demand() -> None:
+    node = make_node(role=Role.HOST, serve_url="http://127.0.0.1:1")
+    node.hosted_models = ("tiny",)
+    clock: Clock = node._reactor
+    clock.advance(1_000_000)
+    node.mesh.record_request("tiny", node.now() - 30)
+    node.mesh.record_request("tiny", node.now() - 30)
+    node.mesh.record_request("wanted", node.now() - 5)
+    rows = {m["name"]: m for m in mesh_models(node)}
+    assert rows["tiny"]["status"] == "warm" and rows["tiny"]["node_count"] == 1
+    assert rows["tiny"]["request_count"] == 2 and rows["tiny"]["last_active_secs_ago"] == 30
+    assert rows["wanted"]["status"] == "cold" and rows["wanted"]["node_count"] == 0
+    ConsoleApp(node)
+    assert [m["name"] for m in node.status()["mesh_models"]] == ["tiny", "wanted"]
