@@ -297,9 +297,7 @@ async def _meshd_iroh(reactor: Any, mib: int, rounds: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=SCENARIOS)
     parser.add_argument("--mib", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=1000)

@@ -64,9 +64,7 @@ def parse_discover_query(args: QueryArgs) -> MeshFilter:
     return MeshFilter(model=model, min_vram_gb=min_vram, region=region)
 
 
-def discover_api(
-    meshes: Sequence[DiscoveredMesh], args: QueryArgs, last_mesh_id: str | None
-) -> list[dict[str, Any]]:
+def discover_api(meshes: Sequence[DiscoveredMesh], args: QueryArgs, last_mesh_id: str | None) -> list[dict[str, Any]]:
     """The JSON list for ``GET /api/discover``."""
     mesh_filter = parse_discover_query(args)
     out: list[dict[str, Any]] = []

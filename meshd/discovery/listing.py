@@ -285,9 +285,7 @@ def process_events(
         if mesh_filter is not None and not mesh_filter.matches(listing):
             continue
         meshes.append(
-            DiscoveredMesh(
-                listing=listing, publisher_npub=npub, published_at=event.created_at, expires_at=expires_at
-            )
+            DiscoveredMesh(listing=listing, publisher_npub=npub, published_at=event.created_at, expires_at=expires_at)
         )
     meshes.sort(key=lambda m: (m.listing.node_count, m.listing.total_vram_bytes), reverse=True)
     return meshes

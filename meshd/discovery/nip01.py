@@ -78,9 +78,7 @@ def canonical_serialization(
         raise InvalidEvent("event text is not valid Unicode (lone surrogate)") from e
 
 
-def compute_event_id(
-    pubkey: str, created_at: int, kind: int, tags: Sequence[Sequence[str]], content: str
-) -> str:
+def compute_event_id(pubkey: str, created_at: int, kind: int, tags: Sequence[Sequence[str]], content: str) -> str:
     return hashlib.sha256(canonical_serialization(pubkey, created_at, kind, tags, content)).hexdigest()
 
 
@@ -145,9 +143,7 @@ def event_from_dict(obj: object) -> Event:
     if not _is_int(kind) or not 0 <= kind <= 65535:  # type: ignore[operator]
         raise InvalidEvent("kind is not an integer in 0..65535", raw_id)
     tags = obj.get("tags")
-    if not isinstance(tags, list) or not all(
-        isinstance(t, list) and all(isinstance(s, str) for s in t) for t in tags
-    ):
+    if not isinstance(tags, list) or not all(isinstance(t, list) and all(isinstance(s, str) for s in t) for t in tags):
         raise InvalidEvent("tags is not a list of lists of strings", raw_id)
     content = obj.get("content")
     if not isinstance(content, str):

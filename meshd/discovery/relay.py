@@ -237,9 +237,7 @@ class _RelayLink(Service):
         self._retry_level += 1
         if self.running:
             self._set_state(FAILING, error)
-        self.log.info(
-            "nostr relay {url} failing (attempt {n}): {error}", url=self.url, n=self.attempts, error=error
-        )
+        self.log.info("nostr relay {url} failing (attempt {n}): {error}", url=self.url, n=self.attempts, error=error)
 
     def opened(self, proto: _RelayProtocol) -> None:
         self.protocol = proto
@@ -268,9 +266,7 @@ class _RelayLink(Service):
         if not self.running:
             self._set_state(STOPPED)
             return
-        detail = (
-            f"connection closed (code {code}): {reason}" if reason else f"connection closed (code {code})"
-        )
+        detail = f"connection closed (code {code}): {reason}" if reason else f"connection closed (code {code})"
         self._fail(detail if was_current else f"websocket handshake failed: {reason or code}")
 
     def message_received(self, payload: bytes) -> None:
@@ -429,9 +425,7 @@ class RelayPool(MultiService):
     def settling_urls(self) -> list[str]:
         """Relays still on their first connect attempt (never up, never failed)."""
         return [
-            u
-            for u, link in self._links.items()
-            if link.state == CONNECTING and link.attempts == 0 and not link.ever_up
+            u for u, link in self._links.items() if link.state == CONNECTING and link.attempts == 0 and not link.ever_up
         ]
 
     def watch_state(self, listener: StateListener) -> Callable[[], None]:
@@ -456,9 +450,7 @@ class RelayPool(MultiService):
     def new_subscription_id(self, prefix: str = "meshd") -> str:
         return f"{prefix}-{next(self._sub_counter)}"
 
-    def subscribe(
-        self, sub_id: str, filters: Iterable[Mapping[str, Any]], on_event: OnEvent, on_eose: OnEose
-    ) -> None:
+    def subscribe(self, sub_id: str, filters: Iterable[Mapping[str, Any]], on_event: OnEvent, on_eose: OnEose) -> None:
         """Send ``REQ`` to every relay that is up now, and again to each relay whenever it (re)connects."""
         sub = _Subscription(sub_id, tuple(dict(f) for f in filters), on_event, on_eose)
         format_req(sub.sub_id, sub.filters)  # validate before storing

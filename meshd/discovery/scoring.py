@@ -74,9 +74,7 @@ def smart_auto(
     by score descending; viable = all candidates if ``target_name`` else only score > 0."""
     if target_name is not None:
         candidates = [
-            m
-            for m in meshes
-            if m.listing.name is not None and ascii_casefold_equal(m.listing.name, target_name)
+            m for m in meshes if m.listing.name is not None and ascii_casefold_equal(m.listing.name, target_name)
         ]
     else:
         candidates = [m for m in meshes if is_auto_eligible(m)]
@@ -96,20 +94,12 @@ def rank_for_rediscovery(
     """§1.6 ranking: optional name filter (no auto-eligibility filter), score with the sticky id,
     stable sort descending, skip listings carrying our current mesh id."""
     if mesh_name is not None:
-        meshes = [
-            m
-            for m in meshes
-            if m.listing.name is not None and ascii_casefold_equal(m.listing.name, mesh_name)
-        ]
+        meshes = [m for m in meshes if m.listing.name is not None and ascii_casefold_equal(m.listing.name, mesh_name)]
     ranked = sorted(meshes, key=lambda m: score_mesh(m, last_mesh_id), reverse=True)
     return [
         m
         for m in ranked
-        if not (
-            current_mesh_id is not None
-            and m.listing.mesh_id is not None
-            and m.listing.mesh_id == current_mesh_id
-        )
+        if not (current_mesh_id is not None and m.listing.mesh_id is not None and m.listing.mesh_id == current_mesh_id)
     ]
 
 

@@ -211,9 +211,7 @@ def sdk_fetch(reactor: Any, url: str, nostr_filter: dict[str, Any]) -> Deferred[
 
 
 def _run_client(reactor: Any, args: list[str]) -> Deferred[Any]:
-    d = getProcessOutputAndValue(
-        PYTHON, ["-c", SDK_CLIENT_SCRIPT, *args], env=dict(os.environ), reactor=reactor
-    )
+    d = getProcessOutputAndValue(PYTHON, ["-c", SDK_CLIENT_SCRIPT, *args], env=dict(os.environ), reactor=reactor)
 
     def parse(result: tuple[bytes, bytes, int]) -> Any:
         out, err, code = result

@@ -54,9 +54,7 @@ def mesh_llm_listing_json(seed: int, **kw: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def sdk_listing_event(
-    keys: nostr_sdk.Keys, content: str, *, created_at: int, ttl: int = 120
-) -> dict[str, Any]:
+def sdk_listing_event(keys: nostr_sdk.Keys, content: str, *, created_at: int, ttl: int = 120) -> dict[str, Any]:
     tags = [["d", "mesh-llm"], ["k", "mesh-llm"], ["expiration", str(created_at + ttl)]]
     ev = (
         nostr_sdk.EventBuilder(nostr_sdk.Kind(31990), content)
@@ -68,9 +66,7 @@ def sdk_listing_event(
 
 
 @pytest_twisted.inlineCallbacks
-def test_nostr_sdk_listing_discovered_and_scored(
-    rust_relay: RelayProcess, py_relay: RelayProcess, tmp_path: Path
-):
+def test_nostr_sdk_listing_discovered_and_scored(rust_relay: RelayProcess, py_relay: RelayProcess, tmp_path: Path):
     now = int(time.time())
     a, b = nostr_sdk.Keys.generate(), nostr_sdk.Keys.generate()
     ev_a = sdk_listing_event(a, mesh_llm_listing_json(1, node_count=3, mesh_id="m-a"), created_at=now - 5)
@@ -108,9 +104,7 @@ def test_meshd_listing_fetched_and_verified_by_nostr_sdk(rust_relay: RelayProces
         yield pool.wait_settled(10)
         event = build_listing_event(keys, listing, now=int(time.time()))
         results = yield pool.publish(event)
-        assert [(r.url, r.accepted) for r in results] == [(rust_relay.url, True), (py_relay.url, True)], (
-            results
-        )
+        assert [(r.url, r.accepted) for r in results] == [(rust_relay.url, True), (py_relay.url, True)], results
     finally:
         yield pool.stopService()
     for relay in (rust_relay, py_relay):
@@ -122,9 +116,7 @@ def test_meshd_listing_fetched_and_verified_by_nostr_sdk(rust_relay: RelayProces
 
 
 @pytest_twisted.inlineCallbacks
-def test_dead_relay_does_not_block_discovery(
-    rust_relay: RelayProcess, py_relay: RelayProcess, tmp_path: Path
-):
+def test_dead_relay_does_not_block_discovery(rust_relay: RelayProcess, py_relay: RelayProcess, tmp_path: Path):
     now = int(time.time())
     k = nostr_sdk.Keys.generate()
     yield sdk_publish(
@@ -193,9 +185,7 @@ def test_bad_events_from_relays_are_dropped(py_relay: RelayProcess, tmp_path: Pa
     ).to_dict()
     # nostr-relay (as found in the wild) accepts the expired event; a scripted relay sends the forged one.
     yield sdk_publish(reactor, py_relay.url, [good, expired, bad_token], tmp_path)
-    scripted = ScriptedRelay(
-        reactor, events=[forged, ["not", "an", "event"], {"id": 5}], send_eose=True
-    ).start()
+    scripted = ScriptedRelay(reactor, events=[forged, ["not", "an", "event"], {"id": 5}], send_eose=True).start()
     scripted.extra_on_req.append(lambda proto: proto.sendMessage(b"{not json"))
     scripted.extra_on_req.append(lambda proto: proto.sendMessage(b"\x00\x01", isBinary=True))
     try:

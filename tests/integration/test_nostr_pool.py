@@ -104,9 +104,7 @@ def test_relay_dropping_mid_subscription_does_not_disturb_the_other(py_relay: Re
     try:
         yield wait_until(lambda: len(pool.up_urls()) == 2)
         yield wait_until(
-            lambda: (
-                state_of(pool, dropper.url)["attempts"] >= 1 or state_of(pool, dropper.url)["state"] != "up"
-            )
+            lambda: state_of(pool, dropper.url)["attempts"] >= 1 or state_of(pool, dropper.url)["state"] != "up"
         )
         ev = NostrKeys.generate().sign(kind=1, tags=[], content="still-flowing", created_at=int(time.time()))
         results = yield pool.publish(ev)
@@ -164,9 +162,7 @@ def test_publisher_publishes_honours_max_clients_and_delists(
     current = {"listing": listing(5, max_clients=2, client_count=0, mesh_id="pub-mesh")}
     pool = RelayPool(reactor, [rust_relay.url, py_relay.url])
     pool.startService()
-    publisher = Publisher(
-        reactor, pool, lambda: current["listing"], state_dir=tmp_path / "state", interval=0.5
-    )
+    publisher = Publisher(reactor, pool, lambda: current["listing"], state_dir=tmp_path / "state", interval=0.5)
     try:
         yield pool.wait_settled(10)
         publisher.startService()
@@ -191,9 +187,7 @@ def test_publisher_publishes_honours_max_clients_and_delists(
         # stopService delists
         yield publisher.stopService()
         for relay in (rust_relay, py_relay):
-            deletions = yield sdk_fetch(
-                reactor, relay.url, {"kinds": [5], "authors": [publisher.keys.pubkey]}
-            )
+            deletions = yield sdk_fetch(reactor, relay.url, {"kinds": [5], "authors": [publisher.keys.pubkey]})
             assert deletions, relay.kind
             tags = deletions[-1]["json"]["tags"]
             assert ["a", f"31990:{publisher.keys.pubkey}:mesh-llm"] in tags

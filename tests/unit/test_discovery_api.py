@@ -11,9 +11,7 @@ from meshd.discovery.listing import DiscoveredMesh, MeshFilter, MeshListing
 def mesh(tag: str, **kw: object) -> DiscoveredMesh:
     fields: dict = {"invite_token": f"t-{tag}", "serving": [], "total_vram_bytes": 0, "node_count": 1}
     fields.update(kw)
-    return DiscoveredMesh(
-        listing=MeshListing(**fields), publisher_npub=f"npub-{tag}", published_at=5, expires_at=9
-    )
+    return DiscoveredMesh(listing=MeshListing(**fields), publisher_npub=f"npub-{tag}", published_at=5, expires_at=9)
 
 
 MESHES = [

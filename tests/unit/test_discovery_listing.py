@@ -156,10 +156,7 @@ def test_listing_event_shape_and_nostr_sdk_verification() -> None:
 
 
 def test_discovery_filter() -> None:
-    assert (
-        json.dumps(discovery_filter(), separators=(",", ":"))
-        == '{"kinds":[31990],"#k":["mesh-llm"],"limit":100}'
-    )
+    assert json.dumps(discovery_filter(), separators=(",", ":")) == '{"kinds":[31990],"#k":["mesh-llm"],"limit":100}'
     discovery_filter()["kinds"].append(1)
     assert discovery_filter()["kinds"] == [31990]  # fresh copy each time
 

@@ -93,9 +93,7 @@ def test_escaping_rules_exact_bytes() -> None:
     # The seven NIP-01 escapes, other C0 as lowercase \u00XX, everything else raw UTF-8, no "\/".
     expected = '[0,"' + pk + '",1,1,[],"a\\n\\"\\\\\\r\\t\\b\\f\\u0001\x7fé😀\u2028/"]'
     assert ser == expected.encode("utf-8")
-    assert hashlib.sha256(ser).hexdigest() == compute_event_id(
-        pk, 1, 1, [], 'a\n"\\\r\t\b\f\x01\x7fé😀\u2028/'
-    )
+    assert hashlib.sha256(ser).hexdigest() == compute_event_id(pk, 1, 1, [], 'a\n"\\\r\t\b\f\x01\x7fé😀\u2028/')
 
 
 def test_lone_surrogate_is_invalid() -> None:
@@ -104,11 +102,7 @@ def test_lone_surrogate_is_invalid() -> None:
 
 
 def _signed() -> dict:
-    return (
-        NostrKeys.generate()
-        .sign(kind=31990, tags=[["k", "mesh-llm"]], content="{}", created_at=100)
-        .to_dict()
-    )
+    return NostrKeys.generate().sign(kind=31990, tags=[["k", "mesh-llm"]], content="{}", created_at=100).to_dict()
 
 
 def test_tampered_content_rejected() -> None:
@@ -218,9 +212,7 @@ def test_parse_relay_messages() -> None:
     assert parse_relay_message('["EVENT","s",{"a":1}]') == RelayEvent("s", {"a": 1})
     assert parse_relay_message(b'["EOSE","s"]') == RelayEOSE("s")
     assert parse_relay_message('["OK","ab",true,""]') == RelayOK("ab", True, "")
-    assert parse_relay_message('["OK","ab",false,"invalid: bad sig"]') == RelayOK(
-        "ab", False, "invalid: bad sig"
-    )
+    assert parse_relay_message('["OK","ab",false,"invalid: bad sig"]') == RelayOK("ab", False, "invalid: bad sig")
     assert parse_relay_message('["OK","ab",false]') == RelayOK("ab", False, "")
     assert parse_relay_message('["NOTICE","hi"]') == RelayNotice("hi")
     assert parse_relay_message('["CLOSED","s","error: x"]') == RelayClosed("s", "error: x")

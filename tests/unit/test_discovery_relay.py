@@ -151,9 +151,7 @@ def test_up_subscribe_events_drop_and_resubscribe(logged_errors: list[Any]) -> N
     ep = eps[URL_A]
     ep.outcomes = ["refuse", "accept", "refuse", "accept"]
     got: list[tuple[str, Any]] = []
-    pool.subscribe(
-        "s1", [{"kinds": [31990]}], lambda u, e: got.append((u, e)), lambda u: got.append((u, "EOSE"))
-    )
+    pool.subscribe("s1", [{"kinds": [31990]}], lambda u, e: got.append((u, e)), lambda u: got.append((u, "EOSE")))
     pool.startService()
     assert state(pool, URL_A)["state"] == "failing"
     clock.advance(POLICY(1))

@@ -27,9 +27,7 @@ def mesh(tag: str = "m", **kw: Any) -> DiscoveredMesh:
         "node_count": 0,
     }
     fields.update(kw)
-    return DiscoveredMesh(
-        listing=MeshListing(**fields), publisher_npub=f"npub-{tag}", published_at=1, expires_at=None
-    )
+    return DiscoveredMesh(listing=MeshListing(**fields), publisher_npub=f"npub-{tag}", published_at=1, expires_at=None)
 
 
 # Reference point: a named (non-community) mesh with nothing else scores exactly the base 100.
@@ -91,9 +89,7 @@ def test_model_terms() -> None:
     assert score_mesh(mesh(**BASE, serving=["a", "b", "c"]), None) == 130
     assert score_mesh(mesh(**BASE, wanted=["a", "b"]), None) == 130
     assert score_mesh(mesh(**BASE, on_disk=["a", "b"]), None) == 100  # on_disk is not scored
-    assert (
-        score_mesh(mesh(**BASE, region="EU", total_vram_bytes=10**12), None) == 100
-    )  # neither is region/VRAM
+    assert score_mesh(mesh(**BASE, region="EU", total_vram_bytes=10**12), None) == 100  # neither is region/VRAM
 
 
 def test_all_terms_together() -> None:
