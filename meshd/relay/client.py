@@ -150,7 +150,8 @@ class _Protocol(WebSocketClientProtocol):  # type: ignore[misc]
         self.link._closed(self, code, reason)
 
     def send_frame(self, data: bytes) -> None:
-        self.sendMessage(data, isBinary=True)
+        if self.state == WebSocketClientProtocol.STATE_OPEN:
+            self.sendMessage(data, isBinary=True)
 
     # IPushProducer: the transport's buffer is full / drained
     def pauseProducing(self) -> None:

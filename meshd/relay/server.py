@@ -14,7 +14,7 @@ Bounds: 1 MiB websocket messages (autobahn closes bigger ones with 1009), 64 KiB
 bucket on received datagram bytes per client (reading pauses while it is empty), a per-client outbound queue
 of ``max_queue_frames`` that drops the oldest datagram when a client does not read, a handshake deadline,
 a server Ping every ``ping_interval`` (+ jitter) with a pong deadline, and ``max_clients``.
-Anything malformed closes that one connection (websocket close 1002) and is counted in ``bad_frames``.
+Anything malformed closes that one connection (websocket close 4002) and is counted in ``bad_frames``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ from meshd.relay import frames as f
 __all__ = ["RelayServer", "RelayServerConfig", "RelayServerService"]
 
 _log = Logger()
+
+#: Websocket close codes (autobahn allows 1000 or 3000-4999 from the application).
+CLOSE_PROTOCOL_ERROR = 4002
+CLOSE_RELAY_FULL = 4013
 
 
 @attrs.frozen
@@ -132,6 +136,8 @@ class _Client:
         self._write(data)
 
     def _write(self, data: bytes) -> None:
+        if self.proto.state != WebSocketServerProtocol.STATE_OPEN:
+            return  # closing: nothing more goes out
         self.server.metrics.frames_out += 1
         self.server.metrics.bytes_out += len(data)
         self.proto.sendMessage(data, isBinary=True)
@@ -203,7 +209,7 @@ class _Client:
     def protocol_error(self, why: str) -> None:
         self.server.metrics.bad_frames += 1
         _log.info("relay client {peer}: {why}; closing", peer=self.proto.peer, why=why)
-        self.proto.sendClose(1002, why[:120])
+        self.proto.sendClose(CLOSE_PROTOCOL_ERROR, why[:120])
 
     # -- keepalive --
     def schedule_ping(self) -> None:
@@ -351,6 +357,11 @@ class RelayServer:
             "metrics": attrs.asdict(self.metrics),
         }
 
+    def drop_all(self) -> None:
+        """Close every client connection (on shutdown)."""
+        for client in list(self._open):
+            client.proto.dropConnection(abort=True)
+
     def is_connected(self, endpoint_id: bytes) -> bool:
         return endpoint_id in self._active
 
@@ -359,7 +370,7 @@ class RelayServer:
         self.metrics.connections_total += 1
         if len(self._open) >= self.config.max_clients:
             self.metrics.refused_full += 1
-            proto.sendClose(1013, "relay full")
+            proto.sendClose(CLOSE_RELAY_FULL, "relay full")
             return None
         client = _Client(self, proto, proto.relay_version)
         self._open.add(client)
@@ -471,6 +482,7 @@ class RelayServerService(Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        self.server.drop_all()
         port, self.listening = self.listening, None
         if port is not None:
             return port.stopListening()
