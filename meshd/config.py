@@ -46,6 +46,12 @@ class Config:
     backend_max_inflight: int = 4
     state_dir: Path = attrs.field(factory=lambda: Path("~/.meshd").expanduser())
     log_format: str = "text"
+    #: iroh relays (meshd.relay); empty = no relay path. The CLI defaults to mesh-llm's (MESH_PROTOCOL.md §4.4).
+    relay_urls: tuple[str, ...] = ()
+    #: ``--relay-server``: run only a relay server on ``relay_port``.
+    relay_server: bool = False
+    relay_port: int = 3340
+    relay_address: str = "0.0.0.0"
 
     @property
     def interface(self) -> str:
