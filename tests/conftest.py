@@ -8,6 +8,9 @@ from typing import Any
 import pytest
 from twisted.logger import LogLevel, globalLogPublisher
 
+# Real parts for integration tests: llama-server with a tiny model, real Nostr relays.
+pytest_plugins = ["tests.integration.backend", "tests.integration.relays"]
+
 
 class LoggedErrors:
     """Collects error/critical log events while a test runs; unexpected ones fail the test."""

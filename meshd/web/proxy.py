@@ -10,6 +10,7 @@ resets the stream, which stops the host's backend request.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from meshd.httpwire import (
     ResponseHead,
     ResponseParser,
     is_context_overflow,
+    openai_error_body,
     render_request,
     reshape_upstream_error,
 )
@@ -148,12 +150,31 @@ class MeshProxy:
         self.tunnel_failures = 0
 
     async def handle(self, request: IRequest) -> bytes:
+        request_id = request_id_of(request)
+        request.setHeader(b"x-request-id", request_id.encode())
         body = request.content.read() if request.content is not None else b""
         model = model_of(body)
         mesh = self.node.mesh
         mesh.record_request(model, self.node.now())
+        try:
+            exclude = parse_peer_ids(request.getHeader(b"x-mesh-exclude"), many=True)
+            target = parse_peer_ids(request.getHeader(b"x-mesh-target"), many=False)
+        except ValueError as e:
+            return openai_error(request, 400, str(e), "invalid_request_error", code="invalid_header")
         if model and model != "auto":
-            hosts = mesh.hosts_for_model(model)
+            hosts = _filter(mesh.hosts_for_model(model), exclude)
+            if target:
+                chosen = [h for h in hosts if _matches(h, target[0])]
+                if not chosen:
+                    return openai_error(
+                        request,
+                        409,
+                        f"x-mesh-target {target[0]} does not serve model {model!r} (or was excluded)",
+                        "invalid_request_error",
+                        code="target_not_available",
+                        param="x-mesh-target",
+                    )
+                hosts = chosen[:1]
             if not hosts:
                 return openai_error(
                     request,
@@ -165,7 +186,9 @@ class MeshProxy:
                     headers={"Retry-After": "5"},
                 )
         else:
-            hosts = mesh.any_hosts()
+            hosts = _filter(mesh.any_hosts(), exclude)
+            if target:
+                hosts = [h for h in hosts if _matches(h, target[0])][:1]
             if not hosts:
                 return openai_error(
                     request,
@@ -181,13 +204,13 @@ class MeshProxy:
         self.node.inflight_requests += 1
         self.node.notify_changed()
         try:
-            return await self._try_hosts(request, hosts, method, raw, model)
+            return await self._try_hosts(request, hosts, method, raw, model, request_id)
         finally:
             self.node.inflight_requests -= 1
             self.node.notify_changed()
 
     async def _try_hosts(
-        self, request: IRequest, hosts: list[bytes], method: bytes, raw: bytes, model: str | None
+        self, request: IRequest, hosts: list[bytes], method: bytes, raw: bytes, model: str | None, request_id: str
     ) -> bytes:
         errors: list[str] = []
         for i, host in enumerate(hosts):
@@ -195,12 +218,13 @@ class MeshProxy:
             if i:
                 self.failovers += 1
             try:
-                return await self._attempt(request, host, method, raw, last)
+                return await self._attempt(request, host, method, raw, last, request_id)
             except TryNextHost as e:
                 self.tunnel_failures += 1
                 errors.append(f"{host.hex()[:10]}: {e}")
                 self._log.info(
-                    "host {host} failed before responding ({err}); {next}",
+                    "[{request_id}] host {host} failed before responding ({err}); {next}",
+                    request_id=request_id,
                     host=host.hex()[:10],
                     err=str(e),
                     next="giving up" if last else "trying the next host",
@@ -215,7 +239,9 @@ class MeshProxy:
             headers={"Retry-After": "5"},
         )
 
-    async def _attempt(self, request: Any, host: bytes, method: bytes, raw: bytes, last: bool) -> bytes:
+    async def _attempt(
+        self, request: Any, host: bytes, method: bytes, raw: bytes, last: bool, request_id: str
+    ) -> bytes:
         try:
             stream = await self.node.open_tunnel(host, TUNNEL_OPEN_TIMEOUT)
         except CancelledError:
@@ -248,7 +274,7 @@ class MeshProxy:
                 raise TryNextHost(f"context overflow ({head.status})")
             request.setResponseCode(head.status)
             request.setHeader(b"content-type", b"application/json")
-            request.setHeader(b"x-meshd-host", short.encode())
+            request.setHeader(b"x-mesh-served-by", host.hex().encode())
             retry = head.header(b"retry-after")
             if retry is not None:
                 request.setHeader(b"retry-after", retry)
@@ -259,7 +285,7 @@ class MeshProxy:
             if name in _HOP_BY_HOP and not (name == b"content-length" and not chunked):
                 continue
             request.responseHeaders.addRawHeader(name, value)
-        request.setHeader(b"x-meshd-host", short.encode())
+        request.setHeader(b"x-mesh-served-by", host.hex().encode())
         request.registerProducer(stream, True)
         upstream.start_sink(request.write)
         try:
@@ -268,15 +294,58 @@ class MeshProxy:
             stream.reset(0)
             raise
         except Exception as e:
-            # Bytes already went out: no failover; end the response as broken.
-            self._log.info("tunnel from {host} broke mid-response: {err}", host=short, err=_describe(e))
+            # Bytes already went out: no failover. An event stream gets a final error event and ends;
+            # anything else is cut off so the caller cannot take it for a complete body.
+            self._log.info(
+                "[{request_id}] tunnel from {host} broke mid-response: {err}",
+                request_id=request_id,
+                host=short,
+                err=_describe(e),
+                event="tunnel_broken",
+            )
             stream.reset(0)
             _unregister(request)
+            content_type = head.header(b"content-type") or b""
+            if content_type.startswith(b"text/event-stream"):
+                error = openai_error_body(
+                    f"the host serving this stream failed: {_describe(e)}", "server_error", "upstream_stream_broken"
+                )
+                return b"data: " + error + b"\n\n"
             _abort(request)
             return b""
         _unregister(request)
         stream.loseWriteConnection()
         return b""
+
+
+def request_id_of(request: IRequest) -> str:
+    """The caller's ``x-request-id`` when it is sane, else a new one."""
+    given = request.getHeader(b"x-request-id")
+    if given and len(given) <= 128 and all(33 <= b < 127 for b in given):
+        return given.decode("ascii")
+    return uuid.uuid4().hex
+
+
+def parse_peer_ids(value: bytes | None, *, many: bool) -> list[str]:
+    """EndpointIds from a routing header: 64 hex characters, or a 10+ hex prefix (the short id)."""
+    if value is None:
+        return []
+    items = [v.strip().lower() for v in value.decode("latin-1").split(",")] if many else [value.decode("latin-1")]
+    items = [i.strip().lower() for i in items if i.strip()]
+    if not many and len(items) != 1:
+        raise ValueError("x-mesh-target takes exactly one EndpointId")
+    for item in items:
+        if not (10 <= len(item) <= 64) or any(c not in "0123456789abcdef" for c in item):
+            raise ValueError(f"not an EndpointId (hex, at least 10 characters): {item!r}")
+    return items
+
+
+def _matches(host: bytes, wanted: str) -> bool:
+    return host.hex().startswith(wanted)
+
+
+def _filter(hosts: list[bytes], exclude: list[str]) -> list[bytes]:
+    return [h for h in hosts if not any(_matches(h, e) for e in exclude)]
 
 
 def model_of(body: bytes) -> str | None:

@@ -192,7 +192,7 @@ async def test_upstream_error_is_reshaped_and_unknown_model_is_503(tmp_path: Pat
     with pytest.raises(openai.BadRequestError) as e:
         await aio(sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "fail-400"}]))
     assert e.value.body["type"] == "invalid_request_error"  # type: ignore[index]
-    assert e.value.response.headers["x-meshd-host"] == host.identity.short_id
+    assert e.value.response.headers["x-mesh-served-by"] == host.identity.endpoint_id
     with pytest.raises(openai.InternalServerError) as e2:
         await aio(sdk.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}]))
     assert e2.value.status_code == 503
@@ -242,4 +242,82 @@ async def test_caller_disconnect_cancels_the_backend_stream(tmp_path: Path, clea
     await aio(read_two())
     await wait_for(lambda: llm.cancelled == 1)
     await wait_for(lambda: watch.backend.stats.inflight == 0)
+    await aio(sdk.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_id_and_target_and_exclude_headers(tmp_path: Path, cleanup: list[Any]) -> None:
+    host_a, llm_a, _ = await start_host(tmp_path / "a", cleanup, "A")
+    host_b, llm_b, _ = await start_host(tmp_path / "b", cleanup, "B")
+    client, base = await start_client(tmp_path / "c", cleanup, (host_a.token or "",))
+    await client.join(host_b.token or "")
+    sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
+    msgs = [{"role": "user", "content": "hi"}]
+    for host, name in ((host_a, "A"), (host_b, "B")):
+        raw = await aio(
+            sdk.chat.completions.with_raw_response.create(
+                model="tiny",
+                messages=msgs,
+                extra_headers={"x-mesh-target": host.identity.short_id, "x-request-id": f"req-{name}"},
+            )
+        )
+        assert raw.headers["x-mesh-served-by"] == host.identity.endpoint_id
+        assert raw.headers["x-request-id"] == f"req-{name}"
+        assert raw.parse().choices[0].message.content.endswith(name)
+    # exclude A: every request goes to B
+    for _ in range(3):
+        raw = await aio(
+            sdk.chat.completions.with_raw_response.create(
+                model="tiny", messages=msgs, extra_headers={"x-mesh-exclude": host_a.identity.endpoint_id}
+            )
+        )
+        assert raw.headers["x-mesh-served-by"] == host_b.identity.endpoint_id
+        assert len(raw.headers["x-request-id"]) == 32  # generated
+    # a target that is excluded fails closed
+    with pytest.raises(openai.ConflictError) as e:
+        await aio(
+            sdk.chat.completions.create(
+                model="tiny",
+                messages=msgs,
+                extra_headers={
+                    "x-mesh-target": host_a.identity.endpoint_id,
+                    "x-mesh-exclude": host_a.identity.short_id,
+                },
+            )
+        )
+    assert e.value.body["code"] == "target_not_available"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        await aio(sdk.chat.completions.create(model="tiny", messages=msgs, extra_headers={"x-mesh-target": "xyz"}))
+    assert len(llm_a.requests) == 1 and len(llm_b.requests) == 4
+    await aio(sdk.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_dying_mid_stream_ends_with_an_error_event(tmp_path: Path, cleanup: list[Any]) -> None:
+    host, llm, _ = await start_host(tmp_path / "h", cleanup, "A")
+    llm.chunks, llm.delay = 100, 0.05
+    _, base = await start_client(tmp_path / "c", cleanup, (host.token or "",))
+    sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
+
+    async def read_all() -> tuple[int, Exception | None]:
+        n = 0
+        try:
+            s = await sdk.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+            async for _ in s:
+                n += 1
+                if n == 3:
+                    # the host's QUIC endpoint vanishes without a goodbye
+                    assert host.endpoint is not None
+                    for conn in list(host.endpoint.connections):
+                        conn.close(1, "boom")
+        except Exception as e:
+            return n, e
+        return n, None
+
+    n, err = await aio(read_all())
+    assert n >= 3
+    assert isinstance(err, openai.APIError), err
+    assert "failed" in str(err)
     await aio(sdk.close())
