@@ -58,6 +58,12 @@ class Config:
     cors_origins: tuple[str, ...] = ("*",)
     #: ``--console-token``: lets non-loopback callers use the console's admin routes (``POST /api/join``).
     console_token: str | None = None
+    #: iroh relays (meshd.relay); empty = no relay path. The CLI defaults to mesh-llm's (MESH_PROTOCOL.md §4.4).
+    relay_urls: tuple[str, ...] = ()
+    #: ``--relay-server``: run only a relay server on ``relay_port``.
+    relay_server: bool = False
+    relay_port: int = 3340
+    relay_address: str = "0.0.0.0"
 
     @property
     def interface(self) -> str:

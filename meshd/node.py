@@ -50,6 +50,7 @@ from meshd.protocol.validate import (
     valid_point_announcements,
 )
 from meshd.quic import MeshConnection, QuicEndpoint, QuicStream
+from meshd.relay.node_relay import NodeRelay
 
 JOIN_TIMEOUT = 15.0
 REDIAL_TIMEOUT = 10.0
@@ -138,6 +139,11 @@ class Node(Service):
         self._leaving: set[bytes] = set()
         self._joining = False
         self._last_rejoin = 0.0
+        # --- relay path (meshd.relay): None when relays are disabled ---
+        self.relay: NodeRelay | None = None
+        if config.relay_urls:
+            self.relay = NodeRelay(reactor, identity.private_key, config.relay_urls)
+            self.relay.on_home_changed = self._home_relay_changed
 
     def _initial_state(self) -> NodeState:
         if self.config.auto:
@@ -167,6 +173,9 @@ class Node(Service):
             )
             self.endpoint.listen(self.config.bind_port, interface=self.config.bind_address)
             port = self.endpoint.getHost().port  # type: ignore[attr-defined]
+            if self.relay is not None:
+                self.relay.attach(self.endpoint)
+                self.relay.start()
             self.token = encode_token(self.own_addr(port))
 
     def startService(self) -> None:
@@ -216,6 +225,8 @@ class Node(Service):
             if self.endpoint is not None:
                 endpoint, self.endpoint = self.endpoint, None
                 await endpoint.stop()
+            if self.relay is not None:
+                await self.relay.stop()
 
         return Deferred.fromCoroutine(finish())
 
@@ -247,7 +258,21 @@ class Node(Service):
     def own_addr(self, port: int | None = None) -> EndpointAddr:
         if port is None:
             port = self.endpoint.getHost().port if self.endpoint else 0  # type: ignore[attr-defined]
-        return EndpointAddr(self.identity.public_bytes, ip_addrs=local_addresses(self.config.bind_address, port))
+        home = self.relay.home_url if self.relay is not None else None
+        return EndpointAddr(
+            self.identity.public_bytes,
+            relay_urls=(home,) if home else (),
+            ip_addrs=local_addresses(self.config.bind_address, port),
+        )
+
+    def _home_relay_changed(self, url: str | None) -> None:
+        if self.endpoint is not None:
+            self.token = encode_token(self.own_addr())
+            self._log.info("home relay is now {url}; token {token}", event="home_relay", url=url, token=self.token)
+            self.notify_changed()
+
+    def _dialable(self, addr: EndpointAddr) -> bool:
+        return bool(addr.dialable_ip_addrs()) or (self.relay is not None and bool(addr.relay_urls))
 
     def set_state(self, state: NodeState) -> None:
         if state is not self.state:
@@ -326,6 +351,8 @@ class Node(Service):
             waiters.append(mine)  # share the dial already under way
             return mine
         targets = list(addr.dialable_ip_addrs())
+        if self.relay is not None:
+            targets += self.relay.dial_targets(addr.relay_urls, addr.id)  # raced with the direct ones
         if not targets:
             return _failed(JoinError(f"no address to dial for {addr.short_id}"))
         self._dialing[addr.id] = [mine]
@@ -372,7 +399,7 @@ class Node(Service):
                 continue
             if self.is_client and entry.info.role is PeerRole.CLIENT:
                 continue  # clients don't dial clients
-            if not entry.info.addr.dialable_ip_addrs():
+            if not self._dialable(entry.info.addr):
                 continue
             d = self.connect_to_peer(entry.info.addr, REDIAL_TIMEOUT)
             d.addErrback(self._log_dial_failure, pid)
@@ -642,7 +669,7 @@ class Node(Service):
         probe: Deferred[Any]
         if existing is not None and existing.is_connected:
             probe = self.gossip_with(existing, 3.0)
-        elif dead in self.mesh.peers and self.mesh.peers[dead].info.addr.dialable_ip_addrs():
+        elif dead in self.mesh.peers and self._dialable(self.mesh.peers[dead].info.addr):
             probe = self.connect_to_peer(self.mesh.peers[dead].info.addr, 5.0)
         else:
             probe = _failed(JoinError("no way to reach the peer"))
@@ -698,7 +725,7 @@ class Node(Service):
             for e in self.mesh.peers.values()
             if e.endpoint_id in self.conns or not (self.is_client and e.info.role is PeerRole.CLIENT)
         ]
-        candidates = [e for e in candidates if e.endpoint_id in self.conns or e.info.addr.dialable_ip_addrs()]
+        candidates = [e for e in candidates if e.endpoint_id in self.conns or self._dialable(e.info.addr)]
         if len(candidates) > HEARTBEAT_FANOUT:
             candidates = self._rng.sample(candidates, HEARTBEAT_FANOUT)
         ds = [self._heartbeat_one(e) for e in candidates]
@@ -756,8 +783,11 @@ class Node(Service):
         for pid, entry in sorted(self.mesh.peers.items()):
             conn = self.conns.get(pid)
             rtt = None
+            path: str | None = None
+            relay_url: str | None = None
             if conn is not None and conn.is_connected:
                 rtt = round(conn.stats().rtt_smoothed * 1000, 2)
+                path, relay_url = self.relay.path_of(conn) if self.relay is not None else ("direct", None)
             info = entry.info
             rows.append(
                 {
@@ -771,7 +801,8 @@ class Node(Service):
                     "vram_gb": round(info.vram_bytes / 1e9, 2),
                     "rtt_ms": rtt,
                     "connected": conn is not None and conn.is_connected,
-                    "path": "direct" if conn is not None and conn.is_connected else None,
+                    "path": path,
+                    "relay_url": relay_url,
                     "last_seen_secs_ago": round(now - entry.last_heard(), 1),
                     "hostname": info.hardware.hostname,
                     "mesh_id": info.mesh_id,
@@ -803,6 +834,7 @@ class Node(Service):
             "inflight_requests": self.inflight_requests,
             "headless": self.config.headless,
             "nostr_discovery": self.relay_status(),
+            "iroh_relay": self.relay.status() if self.relay is not None else None,
         } | {key: fn() for key, fn in self.status_extras.items()}
 
 

@@ -56,6 +56,9 @@ from meshd.discovery.relay import RelayPool  # noqa: E402
 from meshd.host import BackendWatch  # noqa: E402
 from meshd.identity import Identity, IdentityError, load_or_create_key  # noqa: E402
 from meshd.node import Node  # noqa: E402
+from meshd.relay.client import canonical_relay_url  # noqa: E402
+from meshd.relay.home import DEFAULT_RELAYS  # noqa: E402
+from meshd.relay.server import RelayServerService  # noqa: E402
 from meshd.tunnel import Backend  # noqa: E402
 from meshd.web.api import APIApp  # noqa: E402
 from meshd.web.console import ConsoleApp  # noqa: E402
@@ -92,6 +95,8 @@ class Options(usage.Options):
         ["publish", None, "Publish this mesh's listing on Nostr (hosts only)."],
         ["trust-proxy", None, "Take the caller's address from Fly-Client-IP, then X-Forwarded-For."],
         ["metrics", None, "Serve Prometheus metrics at /metrics on both ports."],
+        ["no-relay", None, "Use no iroh relay (direct UDP only; peers behind NAT become unreachable)."],
+        ["relay-server", None, "Run only an iroh-compatible relay server (see --relay-port)."],
     ]
     optParameters = [
         ["port", None, str(DEFAULT_API_PORT), "OpenAI-compatible API port (0 = any free port)."],
@@ -111,6 +116,8 @@ class Options(usage.Options):
         ["rate-limit-streams", None, "0", "Concurrent streaming requests per caller (0 = off)."],
         ["api-keys-file", None, None, "File of API keys, one a line, # comments; re-read on SIGHUP."],
         ["console-token", None, None, "Admin token: non-loopback callers of POST /api/join need it as a Bearer."],
+        ["relay-port", None, "3340", "--relay-server: TCP port of the relay (plain HTTP; put TLS in front)."],
+        ["relay-address", None, "0.0.0.0", "--relay-server: address the relay binds."],
     ]
 
     def __init__(self) -> None:
@@ -120,6 +127,7 @@ class Options(usage.Options):
         self["model"] = []
         self["api-key"] = []
         self["cors-origin"] = []
+        self["relay"] = []
 
     def opt_api_key(self, key: str) -> None:
         """Require this API key (Authorization: Bearer KEY) on the API port (repeatable)."""
@@ -142,6 +150,10 @@ class Options(usage.Options):
     def opt_model(self, name: str) -> None:
         """Host: advertise this model name (repeatable; default: the backend's /v1/models)."""
         self["model"].append(name)
+
+    def opt_relay(self, url: str) -> None:
+        """iroh relay URL (repeatable; the home relay is the fastest /ping; default: mesh-llm's two)."""
+        self["relay"].append(url)
 
     def opt_version(self) -> None:
         """Print meshd's version and exit."""
@@ -230,7 +242,24 @@ class Options(usage.Options):
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format must be text or json, got {self['log-format']!r}")
         gate = self._gate_options()
+        # --- iroh relay (meshd.relay) ---
+        if self["no-relay"] and self["relay"]:
+            raise usage.UsageError("--relay and --no-relay contradict each other")
+        relay_urls: tuple[str, ...] = () if self["no-relay"] else (tuple(self["relay"]) or DEFAULT_RELAYS)
+        for url in relay_urls:
+            try:
+                canonical_relay_url(url)
+            except ValueError as e:
+                raise usage.UsageError(f"--relay: {e}") from None
+        try:
+            ipaddress.ip_address(self["relay-address"])
+        except ValueError:
+            raise usage.UsageError(f"--relay-address must be an IP address, got {self['relay-address']!r}") from None
         return Config(
+            relay_urls=relay_urls,
+            relay_server=bool(self["relay-server"]),
+            relay_port=_port(self["relay-port"], "--relay-port"),
+            relay_address=self["relay-address"],
             role=role,
             auto=bool(self["auto"]),
             join_tokens=tuple(t.strip() for t in self["join"]),
@@ -358,8 +387,10 @@ class MeshdService(MultiService):
         )
 
 
-def build_service(config: Config, reactor: Any) -> MeshdService:
+def build_service(config: Config, reactor: Any) -> Any:
     """Wire every service for ``config`` on ``reactor``. Raises IdentityError on key problems."""
+    if config.relay_server:  # --- relay server role: nothing else runs ---
+        return RelayServerService(reactor, config.relay_port, config.relay_address)
     if config.role is Role.HOST:
         identity, _created = load_or_create_key(config.state_dir)
     else:

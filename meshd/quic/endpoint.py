@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
@@ -42,6 +42,14 @@ ALPN_MESH_V1 = b"mesh-llm/1"
 _CID_LENGTH = 8  # aioquic's default local connection ID length
 _SUPPORTED_VERSIONS: list[int] = [QuicProtocolVersion.VERSION_1]
 _SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+class PseudoPaths(Protocol):
+    """Non-UDP paths (the relay): addresses it ``owns`` are sent through it instead of the UDP socket."""
+
+    def owns(self, addr: Any) -> bool: ...
+
+    def send(self, data: bytes, addr: Address) -> None: ...
 
 
 def _normalise(addr: Any) -> Address:
@@ -85,6 +93,8 @@ class QuicEndpoint(DatagramProtocol):
         self._port: IListeningPort | None = None
         self._dial_timers: set[IDelayedCall] = set()
         self.dropped_datagrams = 0
+        # --- relay paths (meshd.relay.paths): pseudo-addresses routed to a non-UDP path ---
+        self.pseudo_paths: PseudoPaths | None = None
 
     # Public API
 
@@ -132,7 +142,7 @@ class QuicEndpoint(DatagramProtocol):
             raise ValueError("an EndpointId is 32 bytes")
         if self.transport is None:
             raise QuicError("endpoint is not listening")
-        usable = [_normalise(a) for a in addrs if self._family_ok(a[0])]
+        usable = [_normalise(a) for a in addrs if self._is_pseudo(a) or self._family_ok(a[0])]
         if not usable:
             return _failed(DialFailed(f"no usable address in {list(addrs)!r}"))
 
@@ -220,6 +230,10 @@ class QuicEndpoint(DatagramProtocol):
             return
         conn = self._routes.get(header.destination_cid)
         if conn is not None:
+            if self._is_pseudo(address) != self._is_pseudo(conn.peer_address):
+                # relay <-> UDP is never a migration: aioquic holds one path per connection
+                self._drop("datagram on another path kind than its connection", address, data)
+                return
             conn.datagram_received(data, address)
             return
         if header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
@@ -255,7 +269,13 @@ class QuicEndpoint(DatagramProtocol):
 
     # Internals used by MeshConnection
 
+    def _is_pseudo(self, addr: Any) -> bool:
+        return self.pseudo_paths is not None and self.pseudo_paths.owns(addr)
+
     def _send_datagram(self, data: bytes, addr: Address) -> None:
+        if self.pseudo_paths is not None and self.pseudo_paths.owns(addr):
+            self.pseudo_paths.send(data, addr)
+            return
         if self.transport is None:
             return
         try:

@@ -35,6 +35,8 @@ class Daemon:
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
         self.args = ["--log-format", "json", *args]
+        if not any(a in ("--relay", "--no-relay", "--relay-server") or a.startswith("--relay=") for a in args):
+            self.args.append("--no-relay")  # tests never contact the public iroh relays
         self.proc = subprocess.Popen(
             twistd_cmd(*self.args),
             cwd=cwd,

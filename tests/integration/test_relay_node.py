@@ -1,0 +1,95 @@
+"""A meshd client gets a real completion from a meshd host through meshd's relay (nodes in one process).
+
+The client dials the host's token: with ``MESHD_RELAY_ONLY_NETNS=1`` (set by test_relay_netns.py, which reruns this
+file inside a network namespace where UDP is dropped) the full token is used and only the relay can work;
+otherwise the token is cut down to its relay URL so the relay is the only path offered.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from meshd.config import Config, Role
+from meshd.host import BackendWatch
+from meshd.identity import Identity
+from meshd.node import Node, NodeState
+from meshd.protocol.token import EndpointAddr, decode_token, encode_token
+from meshd.relay.client import canonical_relay_url
+from meshd.tunnel import Backend
+from meshd.web.api import APIApp
+from tests.integration.relay_peers import relay_url, start_relay
+from tests.integration.test_client_api import FakeLLM, aio, cleanup, wait_for  # noqa: F401 - fixture
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+RELAY_ONLY_NETNS = os.environ.get("MESHD_RELAY_ONLY_NETNS") == "1"
+
+
+def relay_node(tmp: Path, role: Role, url: str, tokens: tuple[str, ...] = (), serve: str | None = None) -> Node:
+    cfg = Config(
+        role=role,
+        join_tokens=tokens,
+        serve_url=serve,
+        bind_address="127.0.0.1",
+        state_dir=tmp,
+        api_port=0,
+        relay_urls=(url,),
+    )
+    return Node(cfg, Identity.generate(), reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_completion_from_host_through_relay(tmp_path: Path, cleanup: list[Any]) -> None:  # noqa: F811
+    from twisted.web.server import Site
+
+    relay = start_relay(reactor)
+    cleanup.append(relay)
+    url = relay_url(relay)
+    llm = FakeLLM("R")
+    port = reactor.listenTCP(0, Site(llm), interface="127.0.0.1")
+    cleanup.append(port)
+    backend = f"http://127.0.0.1:{port.getHost().port}"
+    host = relay_node(tmp_path / "h", Role.HOST, url, serve=backend)
+    host.api_port = 9337
+    watch = BackendWatch(reactor, host, Backend(reactor, backend))
+    host.startService()
+    watch.startService()
+    cleanup.extend([host, watch])
+    await wait_for(lambda: host.hosted_models == ("tiny",))
+    assert host.relay is not None
+    await host.relay.client.link(url).when_up()
+
+    addr = decode_token(host.token or "")
+    assert addr.relay_urls == (canonical_relay_url(url),)  # our token carries the home relay
+    token = host.token or "" if RELAY_ONLY_NETNS else encode_token(EndpointAddr(addr.id, relay_urls=addr.relay_urls))
+
+    client = relay_node(tmp_path / "c", Role.CLIENT, url, (token,))
+    client.startService()
+    cleanup.append(client)
+    api = reactor.listenTCP(0, APIApp(client, reactor).site(), interface="127.0.0.1")
+    cleanup.append(api)
+    await wait_for(lambda: client.state is NodeState.JOINED, within=20)
+
+    sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{api.getHost().port}/v1", api_key="unused", max_retries=0)
+    reply = await aio(
+        sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], temperature=0)
+    )
+    assert reply.choices[0].message.content == "w0 w1 w2 w3 w4 R"
+    await aio(sdk.close())
+
+    rows = {r["endpoint_id"]: r for r in client.peer_rows()}
+    row = rows[host.identity.endpoint_id]
+    assert row["path"] == "relay" and row["relay_url"] == canonical_relay_url(url)
+    host_rows = {r["endpoint_id"]: r for r in host.peer_rows()}
+    assert host_rows[client.identity.endpoint_id]["path"] == "relay"
+    status = client.status()["iroh_relay"]
+    assert status["home"] == canonical_relay_url(url)
+    assert status["links"][0]["state"] == "up" and status["links"][0]["datagrams_in"] > 0
+    assert relay.server.status()["metrics"]["datagrams_forwarded"] > 0
