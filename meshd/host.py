@@ -50,8 +50,8 @@ class BackendWatch(Service):
         self._inflight_poll: Deferred[Any] | None = None
         node.tunnel_handler = self.tunnel_for
 
-    def tunnel_for(self, conn: MeshConnection, stream: QuicStream) -> HostTunnel:
-        peer = conn.remote_id.hex()[:10] if conn.remote_id else "?"
+    def tunnel_for(self, conn: MeshConnection | None, stream: QuicStream) -> HostTunnel:
+        peer = conn.remote_id.hex()[:10] if conn is not None and conn.remote_id else "local"
         return HostTunnel(stream, self.backend, peer=peer)
 
     def startService(self) -> None:

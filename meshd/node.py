@@ -27,6 +27,7 @@ from meshd.control import STREAM_PROTOCOL_ERROR, Discard, FrameReader, InboundSt
 from meshd.control import send_oneway as _send_oneway
 from meshd.identity import Identity
 from meshd.mesh.state import MeshState, PeerEntry
+from meshd.pipe import pipe
 from meshd.protocol import node_pb2
 from meshd.protocol.errors import InvalidToken, ProtocolError
 from meshd.protocol.framing import encode_stream_type
@@ -128,7 +129,7 @@ class Node(Service):
         self.joined_token: str | None = None
         #: Host role: the models our backend serves right now, and the tunnel handler factory.
         self.hosted_models: tuple[str, ...] = ()
-        self.tunnel_handler: Callable[[MeshConnection, QuicStream], Any] | None = None
+        self.tunnel_handler: Callable[[MeshConnection | None, QuicStream], Any] | None = None
         self.on_change: list[Callable[[], None]] = []
         #: Extra ``/api/status`` sections (e.g. ``backend`` on a host), computed on demand.
         self.status_extras: dict[str, Callable[[], Any]] = {}
@@ -774,6 +775,20 @@ class Node(Service):
             return stream
 
         return Deferred.fromCoroutine(run())
+
+    def serves_locally(self, model: str | None) -> bool:
+        """Host role: does our own backend serve ``model`` (any model, when None)?"""
+        if self.tunnel_handler is None or not self.hosted_models:
+            return False
+        return model is None or model in self.hosted_models
+
+    def open_local_tunnel(self) -> Any:
+        """Host role: a tunnel to our own backend through an in-memory pipe (same code path as a
+        TUNNEL_HTTP stream from a peer)."""
+        assert self.tunnel_handler is not None
+        near, far = pipe(self._reactor)
+        far.set_receiver(self.tunnel_handler(None, far))  # type: ignore[arg-type]
+        return near
 
     # -- status ---------------------------------------------------------------------------------
 

@@ -159,6 +159,9 @@ class MeshProxy:
         sent_at = self._reactor.seconds()
 
         def check() -> None:
+            if conn is None:  # a local pipe: no network to go silent
+                loop.stop()
+                return
             now = self._reactor.seconds()
             limit = max(SILENT_HOST_SECS, 4 * conn.stats().rtt_smoothed)
             if upstream.head.called or conn.last_received >= sent_at:
@@ -184,8 +187,10 @@ class MeshProxy:
             target = parse_peer_ids(request.getHeader(b"x-mesh-target"), many=False)
         except ValueError as e:
             return openai_error(request, 400, str(e), "invalid_request_error", code="invalid_header")
+        own = self.node.identity.public_bytes
+        local = [own] if self.node.serves_locally(model if model and model != "auto" else None) else []
         if model and model != "auto":
-            hosts = _filter(mesh.hosts_for_model(model), exclude)
+            hosts = _filter(local + mesh.hosts_for_model(model), exclude)
             if target:
                 chosen = [h for h in hosts if _matches(h, target[0])]
                 if not chosen:
@@ -209,7 +214,7 @@ class MeshProxy:
                     headers={"Retry-After": "5"},
                 )
         else:
-            hosts = _filter(mesh.any_hosts(), exclude)
+            hosts = _filter(local + mesh.any_hosts(), exclude)
             if target:
                 hosts = [h for h in hosts if _matches(h, target[0])][:1]
             if not hosts:
@@ -266,7 +271,10 @@ class MeshProxy:
         self, request: Any, host: bytes, method: bytes, raw: bytes, last: bool, request_id: str
     ) -> bytes:
         try:
-            stream = await self.node.open_tunnel(host, TUNNEL_OPEN_TIMEOUT)
+            if host == self.node.identity.public_bytes:
+                stream = self.node.open_local_tunnel()
+            else:
+                stream = await self.node.open_tunnel(host, TUNNEL_OPEN_TIMEOUT)
         except CancelledError:
             raise
         except Exception as e:

@@ -321,3 +321,34 @@ async def test_host_dying_mid_stream_ends_with_an_error_event(tmp_path: Path, cl
     assert isinstance(err, openai.APIError), err
     assert "failed" in str(err)
     await aio(sdk.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_host_serves_its_own_models_on_its_own_api(tmp_path: Path, cleanup: list[Any]) -> None:
+    host, llm, watch = await start_host(tmp_path / "h", cleanup, "A")
+    port = reactor.listenTCP(0, APIApp(host, reactor).site(), interface="127.0.0.1")
+    cleanup.append(port)
+    sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port.getHost().port}/v1", api_key="x", max_retries=0)
+    assert [m.id for m in (await aio(sdk.models.list())).data] == ["tiny"]
+    raw = await aio(
+        sdk.chat.completions.with_raw_response.create(model="tiny", messages=[{"role": "user", "content": "a"}])
+    )
+    assert raw.headers["x-mesh-served-by"] == host.identity.endpoint_id
+    assert raw.parse().choices[0].message.content == "w0 w1 w2 w3 w4 A"
+
+    async def stream_some(stop_after: int | None) -> list[str]:
+        out: list[str] = []
+        s = await sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "b"}], stream=True)
+        async for chunk in s:
+            out.append(chunk.choices[0].delta.content or "")
+            if stop_after is not None and len(out) == stop_after:
+                await s.close()
+                break
+        return out
+
+    assert await aio(stream_some(None)) == ["w0 ", "w1 ", "w2 ", "w3 ", "w4 "]
+    llm.chunks, llm.delay = 100, 0.05
+    assert len(await aio(stream_some(2))) == 2
+    await wait_for(lambda: llm.cancelled == 1)
+    await wait_for(lambda: watch.backend.stats.inflight == 0)
+    await aio(sdk.close())
