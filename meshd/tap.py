@@ -419,6 +419,7 @@ def build_service(config: Config, reactor: Any) -> Any:
     console_site = console_app.site()
     api = TCPListenService(reactor, config.interface, config.api_port, api_site)
     console = TCPListenService(reactor, config.interface, config.console_port, console_site)
+    console.on_stop.append(console_app.close)
     top = MeshdService(reactor, config, node, api, console)
     for name, svc in (("node", node), *extra, ("api", api), ("console", console)):
         svc.setName(name)

@@ -26,6 +26,8 @@ class TCPListenService(Service):
         self.requested_port = port
         self.factory = factory
         self.port: IListeningPort | None = None
+        #: Called after the port stops listening (e.g. to stop an app's timers).
+        self.on_stop: list[Any] = []
 
     @property
     def bound_port(self) -> int | None:
@@ -43,6 +45,8 @@ class TCPListenService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        for hook in self.on_stop:
+            hook()
         port, self.port = self.port, None
         if port is None:
             return succeed(None)
