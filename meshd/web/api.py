@@ -21,7 +21,7 @@ from meshd.metrics import Metrics
 from meshd.node import Node
 from meshd.web.errors import json_body, openai_error
 from meshd.web.gate import Gate, GateResource, ready_response
-from meshd.web.http import LimitedSite
+from meshd.web.http import HEADER_READ_TIMEOUT, LimitedSite
 from meshd.web.proxy import MeshProxy
 
 
@@ -43,8 +43,8 @@ class APIApp:
     def resource(self) -> Any:
         return GateResource(self.app.resource(), self.gate)
 
-    def site(self) -> LimitedSite:
-        return LimitedSite(self.resource(), _api_error_body)
+    def site(self, header_timeout: float = HEADER_READ_TIMEOUT) -> LimitedSite:
+        return LimitedSite(self.resource(), _api_error_body, timeout=header_timeout)
 
     @app.route("/health", methods=["GET", "HEAD"])
     def health(self, request: IRequest) -> bytes:

@@ -84,7 +84,9 @@ class LimitedSite(Site):
     requestFactory = LimitedRequest
     displayTracebacks = False
 
-    def __init__(self, resource: Any, error_body: ErrorBody, max_body: int = MAX_BODY_BYTES) -> None:
-        super().__init__(resource, timeout=HEADER_READ_TIMEOUT)
+    def __init__(
+        self, resource: Any, error_body: ErrorBody, max_body: int = MAX_BODY_BYTES, timeout: float = HEADER_READ_TIMEOUT
+    ) -> None:
+        super().__init__(resource, timeout=timeout)
         self.error_body = error_body
         self.max_body = max_body

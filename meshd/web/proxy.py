@@ -179,7 +179,16 @@ class MeshProxy:
         request_id = request_id_of(request)
         request.setHeader(b"x-request-id", request_id.encode())
         body = request.content.read() if request.content is not None else b""
-        model = model_of(body)
+        parsed = _parse_json(body)
+        if body and _declares_json(request) and parsed is _NOT_JSON:
+            return openai_error(
+                request,
+                400,
+                "We could not parse the JSON body of your request.",
+                "invalid_request_error",
+                code="invalid_json",
+            )
+        model = model_of(parsed)
         mesh = self.node.mesh
         mesh.record_request(model, self.node.now())
         try:
@@ -391,13 +400,26 @@ def _filter(hosts: list[bytes], exclude: list[str]) -> list[bytes]:
     return [h for h in hosts if not any(_matches(h, e) for e in exclude)]
 
 
-def model_of(body: bytes) -> str | None:
-    if not body or body[:1] not in (b"{", b" ", b"\n", b"\t", b"\r"):
+def _declares_json(request: IRequest) -> bool:
+    content_type = request.getHeader(b"content-type")
+    return content_type is None or b"json" in content_type.lower()
+
+
+_NOT_JSON = object()
+
+
+def _parse_json(body: bytes) -> Any:
+    """The decoded body, None when empty, or ``_NOT_JSON``."""
+    if not body:
         return None
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except ValueError:
-        return None
+        return _NOT_JSON
+
+
+def model_of(data: Any) -> str | None:
+    """The ``model`` of a decoded request body, if it names one."""
     if isinstance(data, dict) and isinstance(data.get("model"), str):
         return str(data["model"])
     return None

@@ -352,3 +352,94 @@ async def test_a_host_serves_its_own_models_on_its_own_api(tmp_path: Path, clean
     await wait_for(lambda: llm.cancelled == 1)
     await wait_for(lambda: watch.backend.stats.inflight == 0)
     await aio(sdk.close())
+
+
+def http_body(raw: bytes) -> bytes:
+    from meshd.httpwire import ResponseParser
+
+    parser = ResponseParser()
+    events = parser.feed(raw) + (parser.feed_eof() if not parser.done else [])
+    return b"".join(e for e in events if isinstance(e, bytes))
+
+
+def raw_http(port: int, payload: bytes, wait: float = 5.0, pause: float = 0.0) -> bytes:
+    """Blocking raw socket exchange (run in a thread): send, optionally stall, read until close."""
+    import socket
+    import time
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=wait)
+    try:
+        s.sendall(payload)
+        if pause:
+            time.sleep(pause)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_input_gets_clear_errors_without_harming_other_requests(tmp_path: Path, cleanup: list[Any]) -> None:
+    from twisted.internet.threads import deferToThread
+
+    host, llm, _ = await start_host(tmp_path / "h", cleanup, "A")
+    client = node(tmp_path / "c", Role.CLIENT, (host.token or "",))
+    client.startService()
+    cleanup.append(client)
+    site_port = reactor.listenTCP(0, APIApp(client, reactor).site(header_timeout=1.0), interface="127.0.0.1")
+    cleanup.append(site_port)
+    await wait_for(lambda: client.state is NodeState.JOINED)
+    port = site_port.getHost().port
+    sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+
+    # a slow caller that never finishes its headers, held open while others are served
+    slow = deferToThread(raw_http, port, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n", 10.0)
+    # invalid JSON: 400 in OpenAI's shape, nothing reaches a host
+    bad = await deferToThread(
+        raw_http,
+        port,
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: 9\r\nconnection: close\r\n\r\n{not json",
+    )
+    assert bad.startswith(b"HTTP/1.1 400")
+    assert json.loads(http_body(bad))["error"]["code"] == "invalid_json"
+    # a huge body: 413 before it is read
+    huge = await deferToThread(
+        raw_http, port, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 900000000\r\n\r\n{"
+    )
+    assert huge.startswith(b"HTTP/1.1 413")
+    assert json.loads(http_body(huge))["error"]["code"] == "request_too_large"
+    # headers over 64 KiB: 431
+    big_headers = await deferToThread(
+        raw_http, port, b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 70000 + b"\r\n\r\n"
+    )
+    assert big_headers.startswith(b"HTTP/1.1 431")
+    # a good request followed by pipelined garbage: the first is answered, the garbage gets a 400
+    body_ok = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "p"}]}).encode()
+    pipelined = await deferToThread(
+        raw_http,
+        port,
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(body_ok)).encode()
+        + b"\r\n\r\n"
+        + body_ok
+        + b"\x00\x01GARBAGE\r\n\r\n",
+    )
+    assert pipelined.startswith(b"HTTP/1.1 200")
+    assert b"w0 w1 w2 w3 w4 A" in pipelined
+    assert b"HTTP/1.1 400" in pipelined
+    # no model: routed to any host
+    reply = await aio(sdk.chat.completions.create(model="", messages=[{"role": "user", "content": "n"}]))
+    assert reply.choices[0].message.content
+    # the slow caller was cut off by the header timeout, and only good requests reached the backend
+    assert await slow == b""
+    assert [r["messages"][0]["content"] for r in llm.requests] == ["p", "n"]
+    await aio(sdk.close())
