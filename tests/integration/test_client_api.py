@@ -181,6 +181,9 @@ async def test_openai_sdk_models_chat_and_stream(tmp_path: Path, cleanup: list[A
     parts = await aio(stream())
     assert parts == ["w0 ", "w1 ", "w2 ", "w3 ", "w4 "]
     assert client.mesh.demand["tiny"].request_count == 2
+    # the demand travels in the client's own gossip entry: the host learns it at the next heartbeat
+    await client.heartbeat()
+    assert host.mesh.demand["tiny"].request_count == 2
     await aio(sdk.close())
 
 

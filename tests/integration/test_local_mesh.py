@@ -131,6 +131,8 @@ def test_client_auto_joins_and_serves_the_openai_api_with_faults(mesh: Mesh) -> 
         assert again.headers["x-mesh-served-by"] == survivor_id
         assert again.parse().choices[0].message.content
     until(lambda: hosts_seen(console) == [survivor_id], 60, "the killed host dropped from the client's view")
+    survivor_console = b_console if victim is a else a_console
+    until(lambda: hosts_seen(survivor_console) == [], 60, "the surviving host noticed the killed one")
 
     # the only host gone: 503 with Retry-After; the client keeps running
     survivor = b if victim is a else a
