@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 
 from meshd.relay.client import canonical_relay_url, relay_endpoint
 from meshd.relay.home import DEFAULT_RELAYS, ping_url
@@ -48,7 +49,7 @@ def test_urls_trailing_dot_and_schemes() -> None:
         "https://usw1-2.relay.michaelneale.mesh-llm.iroh.link/ping"
     )
     assert ping_url("http://127.0.0.1:3340/") == "http://127.0.0.1:3340/ping"
-    _, ws = relay_endpoint(Clock(), "https://relay.example./")
+    _, ws = relay_endpoint(MemoryReactorClock(), "https://relay.example./")
     assert ws == "wss://relay.example:443/relay"
-    _, ws = relay_endpoint(Clock(), "http://127.0.0.1:3340")
+    _, ws = relay_endpoint(MemoryReactorClock(), "http://127.0.0.1:3340")
     assert ws == "ws://127.0.0.1:3340/relay"
