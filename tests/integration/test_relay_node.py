@@ -27,7 +27,7 @@ from meshd.web.api import APIApp
 from tests.integration.relay_peers import relay_url, start_relay
 from tests.integration.test_client_api import FakeLLM, aio, cleanup, wait_for  # noqa: F401 - fixture
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 RELAY_ONLY_NETNS = os.environ.get("MESHD_RELAY_ONLY_NETNS") == "1"
 
@@ -93,3 +93,65 @@ async def test_client_completion_from_host_through_relay(tmp_path: Path, cleanup
     assert status["home"] == canonical_relay_url(url)
     assert status["links"][0]["state"] == "up" and status["links"][0]["datagrams_in"] > 0
     assert relay.server.status()["metrics"]["datagrams_forwarded"] > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_restart_fails_in_flight_cleanly_then_service_resumes(
+    tmp_path: Path,
+    cleanup: list[Any],  # noqa: F811
+) -> None:
+    from twisted.web.server import Site
+
+    relay = start_relay(reactor)
+    url = relay_url(relay)
+    relay_port = relay.bound_port
+    llm = FakeLLM("R")
+    port = reactor.listenTCP(0, Site(llm), interface="127.0.0.1")
+    cleanup.append(port)
+    backend = f"http://127.0.0.1:{port.getHost().port}"
+    host = relay_node(tmp_path / "h", Role.HOST, url, serve=backend)
+    host.api_port = 9337
+    watch = BackendWatch(reactor, host, Backend(reactor, backend))
+    host.startService()
+    watch.startService()
+    cleanup.extend([host, watch])
+    await wait_for(lambda: host.hosted_models == ("tiny",))
+    assert host.relay is not None
+    await host.relay.client.link(url).when_up()
+    addr = decode_token(host.token or "")
+    token = encode_token(EndpointAddr(addr.id, relay_urls=addr.relay_urls))  # the relay is the only path
+    client = relay_node(tmp_path / "c", Role.CLIENT, url, (token,))
+    client.startService()
+    cleanup.append(client)
+    api = reactor.listenTCP(0, APIApp(client, reactor).site(), interface="127.0.0.1")
+    cleanup.append(api)
+    await wait_for(lambda: client.state is NodeState.JOINED, within=20)
+    sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{api.getHost().port}/v1", api_key="unused", max_retries=0)
+    msgs: Any = [{"role": "user", "content": "hi"}]
+
+    llm.chunks, llm.delay = 400, 0.05  # a 20 s stream
+
+    async def stream_all() -> tuple[int, Exception | None]:
+        n = 0
+        try:
+            s = await sdk.chat.completions.create(model="tiny", messages=msgs, stream=True)
+            async for _ in s:
+                n += 1
+        except Exception as e:  # the error event surfaces as openai.APIError
+            return n, e
+        return n, None
+
+    in_flight = aio(stream_all())
+    await wait_for(lambda: len(llm.requests) == 1)
+    await relay.stopService()  # the relay goes away mid-stream
+    n, err = await in_flight
+    assert 0 < n < 400 and err is not None  # ended with an error, not a hang and not a truncated success
+    llm.chunks, llm.delay = 5, 0.01
+
+    relay2 = start_relay(reactor, port=relay_port)  # back on the same address
+    cleanup.append(relay2)
+    await wait_for(lambda: host.relay is not None and host.relay.client.link(url).state == "up", within=30)
+    await wait_for(lambda: host.identity.public_bytes in client.mesh.peers and client.state is NodeState.JOINED, 40)
+    reply = await aio(sdk.chat.completions.create(model="tiny", messages=msgs))
+    assert reply.choices[0].message.content == "w0 w1 w2 w3 w4 R"
+    await aio(sdk.close())
