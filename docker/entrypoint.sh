@@ -4,7 +4,7 @@
 # recommended so an init reaps zombies and PID 1 is not Python).
 #
 #   APP_MODE=console (default)  client: API on :9337, console on :3131, both on 0.0.0.0
-#   APP_MODE=api                client: API on :9337 only (headless), with meshd's request limits
+#   APP_MODE=api                client: API on :9337 only (no console), with meshd's request limits
 #   APP_MODE=<anything else>    twistd -n --pidfile= meshd "$@"   (the container's arguments as is)
 #
 # A first argument "console" or "api" selects the mode instead of APP_MODE. In the console and api modes the
@@ -61,7 +61,7 @@ api)
         trust="--trust-proxy"
     fi
     # shellcheck disable=SC2086
-    set -- --client --auto --port 9337 --listen-all --headless --state-dir "$state_dir" \
+    set -- --client --auto --port 9337 --listen-all --no-console --state-dir "$state_dir" \
         ${MESH_API_LIMITS-$DEFAULT_API_LIMITS} $trust $relays ${MESH_ARGS:-} "$@"
     ;;
 esac

@@ -34,6 +34,8 @@ class Config:
     console_port: int = DEFAULT_CONSOLE_PORT
     listen_all: bool = False
     headless: bool = False
+    #: ``--no-console``: no console port at all.
+    console_enabled: bool = True
     nostr_relays: tuple[str, ...] = DEFAULT_NOSTR_RELAYS
     mesh_name: str | None = None
     region: str | None = None

@@ -92,6 +92,7 @@ class Options(usage.Options):
         ["auto", None, "Discover meshes on Nostr and join the best one."],
         ["listen-all", None, "Bind the API and console on 0.0.0.0 instead of 127.0.0.1."],
         ["headless", None, "Serve no web UI pages; /api/* and the API port keep working."],
+        ["no-console", None, "Run no console port at all (API only)."],
         ["publish", None, "Publish this mesh's listing on Nostr (hosts only)."],
         ["trust-proxy", None, "Take the caller's address from Fly-Client-IP, then X-Forwarded-For."],
         ["metrics", None, "Serve Prometheus metrics at /metrics on both ports."],
@@ -212,7 +213,7 @@ class Options(usage.Options):
                 raise usage.UsageError("--max-clients must be at least 1")
         api_port = _port(self["port"], "--port")
         console_port = _port(self["console"], "--console")
-        if api_port and api_port == console_port:
+        if api_port and api_port == console_port and not self["no-console"]:
             raise usage.UsageError(f"--port and --console are both {api_port}; they need different ports")
         relays = tuple(self["nostr-relay"]) or DEFAULT_NOSTR_RELAYS
         for url in relays:
@@ -267,6 +268,7 @@ class Options(usage.Options):
             console_port=console_port,
             listen_all=bool(self["listen-all"]),
             headless=bool(self["headless"]),
+            console_enabled=not self["no-console"],
             nostr_relays=relays,
             mesh_name=self["mesh-name"],
             region=self["region"],
@@ -334,7 +336,7 @@ class MeshdService(MultiService):
     _log = Logger()
 
     def __init__(
-        self, reactor: Any, config: Config, node: Node, api: TCPListenService, console: TCPListenService
+        self, reactor: Any, config: Config, node: Node, api: TCPListenService, console: TCPListenService | None
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -355,12 +357,12 @@ class MeshdService(MultiService):
                 reason=str(e.socketError),
             )
             for svc in (self.api, self.console):
-                if svc.port is not None:
+                if svc is not None and svc.port is not None:
                     svc.port.stopListening()
                     svc.port = None
             raise SystemExit(f"meshd: cannot listen on {e.interface}:{e.port}: {e.socketError}") from None
         self.node.api_port = self.api.bound_port
-        self.node.console_port = self.console.bound_port
+        self.node.console_port = self.console.bound_port if self.console is not None else None
 
     def startService(self) -> None:
         super().startService()
@@ -374,7 +376,7 @@ class MeshdService(MultiService):
     def _announce_ready(self) -> None:
         host = "127.0.0.1" if not self.config.listen_all else "0.0.0.0"
         api_url = f"http://{host}:{self.node.api_port}"
-        console_url = f"http://{host}:{self.node.console_port}"
+        console_url = f"http://{host}:{self.node.console_port}" if self.console is not None else None
         self._log.info(
             "meshd {version} ready: API {api_url}/v1, console {console_url}",
             event="ready",
@@ -418,10 +420,14 @@ def build_service(config: Config, reactor: Any) -> Any:
     console_app.metrics = api_app.metrics
     console_site = console_app.site()
     api = TCPListenService(reactor, config.interface, config.api_port, api_site)
-    console = TCPListenService(reactor, config.interface, config.console_port, console_site)
-    console.on_stop.append(console_app.close)
+    children: list[tuple[str, Any]] = [("node", node), *extra, ("api", api)]
+    console: TCPListenService | None = None
+    if config.console_enabled:
+        console = TCPListenService(reactor, config.interface, config.console_port, console_site)
+        console.on_stop.append(console_app.close)
+        children.append(("console", console))
     top = MeshdService(reactor, config, node, api, console)
-    for name, svc in (("node", node), *extra, ("api", api), ("console", console)):
+    for name, svc in children:
         svc.setName(name)
         svc.setServiceParent(top)
     return top

@@ -233,3 +233,12 @@ def test_plugin_found_from_an_installed_wheel(tmp_path: Path) -> None:
         text=True,
     )
     assert where.stdout.startswith(str(target))
+
+
+def test_no_console_runs_the_api_alone(tmp_path: Path, daemons: list[Daemon]) -> None:
+    d = Daemon(["--client", "--no-console", "--port", "0", "--nostr-relay", "ws://127.0.0.1:9"], cwd=tmp_path)
+    daemons.append(d)
+    ready = d.wait_event("ready")
+    assert ready["console_url"] is None
+    assert http_json(ready["api_url"] + "/health") == (200, {"status": "ok"})
+    assert d.terminate() == 0

@@ -26,7 +26,7 @@ UNIT_ENV = REPO / "deploy" / "systemd" / "meshd.env"
 
 CONSOLE_CMD = ["-n", "--pidfile=", "meshd", "--client", "--auto", "--port", "9337", "--console", "3131"]
 CONSOLE_CMD += ["--listen-all", "--state-dir", "/data"]
-API_CMD = ["-n", "--pidfile=", "meshd", "--client", "--auto", "--port", "9337", "--listen-all", "--headless"]
+API_CMD = ["-n", "--pidfile=", "meshd", "--client", "--auto", "--port", "9337", "--listen-all", "--no-console"]
 API_CMD += ["--state-dir", "/data"]
 DEFAULT_LIMITS = ["--max-inflight", "5", "--queue-timeout", "2", "--rate-limit-rpm", "60", "--rate-limit-streams", "2"]
 
@@ -115,14 +115,14 @@ def test_api_mode_limits_from_env(fakebin: Path) -> None:
     assert run_entrypoint(fakebin, APP_MODE="api", MESH_API_LIMITS="") == API_CMD
     argv = run_entrypoint(fakebin, APP_MODE="api", MESH_API_LIMITS="--rate-limit-rpm 10", MESH_TRUST_PROXY="1")
     assert argv == [*API_CMD, "--rate-limit-rpm", "10", "--trust-proxy"]
-    # The api mode is headless whatever MESH_HEADLESS says.
-    assert "--headless" in run_entrypoint(fakebin, APP_MODE="api", MESH_HEADLESS="0")
+    # The api mode runs no console whatever MESH_HEADLESS says.
+    assert "--no-console" in run_entrypoint(fakebin, APP_MODE="api", MESH_HEADLESS="0")
 
 
 def test_api_mode_without_limits_parses_with_meshd_options(fakebin: Path, tmp_path: Path) -> None:
     argv = run_entrypoint(fakebin, APP_MODE="api", MESH_API_LIMITS="", MESH_STATE_DIR=str(tmp_path))
     config = meshd_options(argv).config
-    assert config.api_port == 9337 and config.headless and config.listen_all and config.auto
+    assert config.api_port == 9337 and not config.console_enabled and config.listen_all and config.auto
 
 
 @pytest.mark.skipif(not meshd_knows("--max-inflight"), reason="meshd has no --max-inflight yet (API limits change)")
@@ -204,7 +204,7 @@ def test_fly_config_matches_the_entrypoint(fakebin: Path, mode: str) -> None:
     assert argv[argv.index(flag) + 1] == str(service["internal_port"])
     assert service["internal_port"] == {"console": 3131, "api": 9337}[mode]
     if mode == "api":
-        assert "--console" not in argv and "--headless" in argv
+        assert "--console" not in argv and "--no-console" in argv
     assert service["force_https"] is True
     assert service["auto_stop_machines"] == "off"
     assert service["auto_start_machines"] is True
