@@ -51,7 +51,7 @@ def test_image_builds_and_runs_both_modes() -> None:
     assert proc.returncode == 0, report[-6000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("build-image:")]
     assert any("console mode: /health on both ports" in line for line in lines), report
-    assert any("api mode: only 9337 published, no UI on the console port" in line for line in lines), report
+    assert any("api mode: only 9337 published, no console inside the container" in line for line in lines), report
     assert sum("stopped on SIGTERM" in line for line in lines) == 2, report
     assert lines[-1] == "build-image: smoke test passed", report
 
