@@ -67,6 +67,8 @@ class FrameReader:
             self._decoder.finish()
             raise ProtocolError("stream ended without a frame")
         except ProtocolError as e:
+            # The peer finished its side with a partial frame: finish ours too, answering nothing.
+            self.stream.loseWriteConnection()
             self._fail(e, reset=False)
 
     def connectionLost(self, reason: Failure) -> None:

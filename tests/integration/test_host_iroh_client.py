@@ -202,6 +202,12 @@ async def test_bad_input_from_a_peer_is_refused_without_harm(mesh_host: Node, ir
     bi = await aio(client.conn.open_bi())
     await aio(bi.send().write_all(b"\x01" + struct.pack("<I", 9 * 1024 * 1024)))
     assert await aio(refused(bi.recv().read_to_end(LIMIT)))
+    # a truncated frame: the length promises 100 bytes, 10 arrive, then FIN
+    bi3 = await aio(client.conn.open_bi())
+    send3 = bi3.send()
+    await aio(send3.write_all(b"\x01" + struct.pack("<I", 100) + b"x" * 10))
+    await aio(send3.finish())
+    assert await aio(refused(bi3.recv().read_to_end(LIMIT)))
     # an unknown stream type
     bi2 = await aio(client.conn.open_bi())
     await aio(bi2.send().write_all(b"\x7fhello"))
