@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from meshd.deferreds import fire_all
 from meshd.discovery.discover import discover
 from meshd.discovery.listing import DiscoveredMesh, MeshFilter, MeshListing
 from meshd.discovery.relay import RelayPool
@@ -75,13 +76,7 @@ class Discovery(Service):
             self.last_error = result.getErrorMessage()
         else:
             self.last, self.last_at, self.last_error = result, self._reactor.seconds(), None
-        for w in waiters:
-            if w.called:
-                continue
-            if isinstance(result, Failure):
-                w.errback(result)
-            else:
-                w.callback(result)
+        fire_all(waiters, result)
 
     def recent(self) -> Deferred[list[DiscoveredMesh]]:
         """The last result if it is fresh, else a new discovery round."""

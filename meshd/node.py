@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import random
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from meshd import __version__
 from meshd.config import Config, Role
 from meshd.control import STREAM_PROTOCOL_ERROR, Discard, FrameReader, InboundStream, gossip_round_trip, reply_frame
 from meshd.control import send_oneway as _send_oneway
+from meshd.deferreds import failed, fire_all
 from meshd.identity import Identity
 from meshd.mesh.state import MeshState, PeerEntry
 from meshd.pipe import pipe
@@ -317,19 +318,19 @@ class Node(Service):
         try:
             addr = decode_token(token)
         except InvalidToken as e:
-            return _failed(JoinError(f"bad invite token: {e}"))
+            return failed(JoinError(f"bad invite token: {e}"))
         self.mesh.dead.pop(addr.id, None)
         return self.connect_to_peer(addr, JOIN_TIMEOUT)
 
     def connect_to_peer(self, addr: EndpointAddr, timeout: float) -> Deferred[MeshConnection]:
         """Dial (unless connected), gossip, and dial the peers it told us about."""
         if addr.id == self.identity.public_bytes:
-            return _failed(JoinError("that token is our own"))
+            return failed(JoinError("that token is our own"))
         existing = self.conns.get(addr.id)
         if existing is not None and existing.is_connected and self.mesh.is_admitted(addr.id):
             return succeed(existing)
         if self.mesh.recently_dead(addr.id, self.now()):
-            return _failed(JoinError(f"peer {addr.short_id} was declared dead recently"))
+            return failed(JoinError(f"peer {addr.short_id} was declared dead recently"))
 
         async def run() -> MeshConnection:
             conn = await self.connection_to(addr, timeout)
@@ -345,7 +346,7 @@ class Node(Service):
         if existing is not None and existing.is_connected:
             return succeed(existing)
         if self.endpoint is None:
-            return _failed(JoinError("node is not running"))
+            return failed(JoinError("node is not running"))
         mine: Deferred[MeshConnection] = Deferred()
         waiters = self._dialing.get(addr.id)
         if waiters is not None:
@@ -355,20 +356,14 @@ class Node(Service):
         if self.relay is not None:
             targets += self.relay.dial_targets(addr.relay_urls, addr.id)  # raced with the direct ones
         if not targets:
-            return _failed(JoinError(f"no address to dial for {addr.short_id}"))
+            return failed(JoinError(f"no address to dial for {addr.short_id}"))
         self._dialing[addr.id] = [mine]
 
         def done(result: MeshConnection | Failure) -> None:
             waiting = self._dialing.pop(addr.id, [])
             if not isinstance(result, Failure):
                 self._adopt(result)
-            for w in waiting:
-                if w.called:
-                    continue
-                if isinstance(result, Failure):
-                    w.errback(result)
-                else:
-                    w.callback(result)
+            fire_all(waiting, result)
 
         self.endpoint.dial(addr.id, targets, timeout=timeout).addBoth(done)
         return mine
@@ -380,7 +375,7 @@ class Node(Service):
             return succeed(conn)
         entry = self.mesh.peers.get(peer_id)
         if entry is None:
-            return _failed(JoinError(f"unknown peer {peer_id.hex()[:10]}"))
+            return failed(JoinError(f"unknown peer {peer_id.hex()[:10]}"))
         return self.connection_to(entry.info.addr, timeout)
 
     def gossip_with(self, conn: MeshConnection, timeout: float) -> Deferred[None]:
@@ -673,7 +668,7 @@ class Node(Service):
         elif dead in self.mesh.peers and self._dialable(self.mesh.peers[dead].info.addr):
             probe = self.connect_to_peer(self.mesh.peers[dead].info.addr, 5.0)
         else:
-            probe = _failed(JoinError("no way to reach the peer"))
+            probe = failed(JoinError("no way to reach the peer"))
 
         def gone(_: Failure) -> None:
             if self.mesh.remove(dead, self.now()):
@@ -859,18 +854,8 @@ def _drop(stream: QuicStream) -> None:
     stream.loseWriteConnection()
 
 
-def _failed(exc: Exception) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(exc)
-    return d
-
-
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def short_ids(ids: Iterable[bytes]) -> list[str]:
-    return [i.hex()[:10] for i in ids]

@@ -44,7 +44,7 @@ from meshd.protocol.token import decode_token
 from meshd.web.errors import console_error, json_body
 from meshd.web.events import EventHub, serve_events
 from meshd.web.gate import ready_response
-from meshd.web.http import LimitedSite
+from meshd.web.http import LimitedSite, abort_response, unregister_producer
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CONTENT_TYPES = {
@@ -320,10 +320,10 @@ class ConsoleApp:
             raise
         except Exception as e:
             self._log.info("chat stream broke: {err}", err=str(e), event="chat_stream_broken")
-            _unregister(request)
-            _abort(request)
+            unregister_producer(request)
+            abort_response(request)
             return b""
-        _unregister(request)
+        unregister_producer(request)
         return b""
 
     # -- UI ---------------------------------------------------------------------------------------
@@ -382,21 +382,6 @@ class ConsoleApp:
     def internal(self, request: IRequest, failure: Failure) -> bytes:
         self._log.failure("console handler failed", failure=failure, event="console_error")
         return console_error(request, 500, "internal error")
-
-
-def _unregister(request: Any) -> None:
-    if getattr(request, "channel", None) is not None:
-        try:
-            request.unregisterProducer()
-        except (AttributeError, RuntimeError):
-            pass
-
-
-def _abort(request: IRequest) -> None:
-    channel = getattr(request, "channel", None)
-    transport = getattr(channel, "transport", None)
-    if transport is not None:
-        transport.abortConnection()
 
 
 __all__ = ["ConsoleApp", "is_loopback", "mesh_models"]

@@ -90,3 +90,20 @@ class LimitedSite(Site):
         super().__init__(resource, timeout=timeout)
         self.error_body = error_body
         self.max_body = max_body
+
+
+def unregister_producer(request: Any) -> None:
+    """Unregister a response's producer unless the caller already went away (then there is none)."""
+    if getattr(request, "channel", None) is not None:
+        try:
+            request.unregisterProducer()
+        except (AttributeError, RuntimeError):
+            pass
+
+
+def abort_response(request: Any) -> None:
+    """Cut the caller's connection: a body that broke halfway must not look complete."""
+    channel = getattr(request, "channel", None)
+    transport = getattr(channel, "transport", None)
+    if transport is not None:
+        transport.abortConnection()

@@ -34,6 +34,7 @@ from meshd.httpwire import (
 from meshd.node import Node
 from meshd.quic import QuicStream
 from meshd.web.errors import openai_error
+from meshd.web.http import abort_response, unregister_producer
 
 FIRST_BYTE_TIMEOUT = 300.0
 #: With no packet at all from the host for this long after the request went out, try the next one.
@@ -352,16 +353,16 @@ class MeshProxy:
                 event="tunnel_broken",
             )
             stream.reset(0)
-            _unregister(request)
+            unregister_producer(request)
             content_type = head.header(b"content-type") or b""
             if content_type.startswith(b"text/event-stream"):
                 error = openai_error_body(
                     f"the host serving this stream failed: {_describe(e)}", "server_error", "upstream_stream_broken"
                 )
                 return b"data: " + error + b"\n\n"
-            _abort(request)
+            abort_response(request)
             return b""
-        _unregister(request)
+        unregister_producer(request)
         stream.loseWriteConnection()
         return b""
 
@@ -423,21 +424,6 @@ def model_of(data: Any) -> str | None:
     if isinstance(data, dict) and isinstance(data.get("model"), str):
         return str(data["model"])
     return None
-
-
-def _unregister(request: Any) -> None:
-    if getattr(request, "channel", None) is not None:
-        try:
-            request.unregisterProducer()
-        except (AttributeError, RuntimeError):
-            pass
-
-
-def _abort(request: IRequest) -> None:
-    channel = getattr(request, "channel", None)
-    transport = getattr(channel, "transport", None)
-    if transport is not None:
-        transport.abortConnection()
 
 
 def _describe(exc: BaseException) -> str:
