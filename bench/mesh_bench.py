@@ -453,7 +453,7 @@ def profile_pids(pids: dict[str, int], seconds: float, outdir: Path, drive: list
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-        summary = summarize_collapsed(raw) if raw.exists() else {"error": "no samples"}
+        summary: dict[str, Any] = summarize_collapsed(raw) if raw.exists() else {"error": "no samples"}
         summary["cpu_share_of_one_core"] = round(cpu[name] / wall, 2) if wall else None
         summary["raw"] = str(raw.relative_to(REPO)) if raw.is_relative_to(REPO) else str(raw)
         out[name] = summary
