@@ -741,6 +741,8 @@ def main() -> int:
     parser.add_argument("--profile-all", action="store_true", help="profile latency, streaming and 1,000 streams")
     parser.add_argument("--out", default=str(BENCH / "results" / "latest.json"))
     args = parser.parse_args()
+    # SIGTERM ends the run through the same clean-up as Ctrl-C: every process started here is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     res = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
