@@ -9,12 +9,13 @@ these adapters testable without QUIC.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TxProtocol
@@ -40,6 +41,14 @@ class TunnelStream(Protocol):
     def unregisterProducer(self) -> None: ...
     def pauseProducing(self) -> None: ...
     def resumeProducing(self) -> None: ...
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def http_response(status: int, reason: str, body: bytes, content_type: str = "application/json") -> bytes:
@@ -94,10 +103,18 @@ class Backend:
         self.stats.inflight = max(0, self.stats.inflight - 1)
 
     def connect(self, protocol: TxProtocol) -> Deferred[Any]:
-        endpoint: Any = HostnameEndpoint(self._reactor, self.host, self.port, timeout=BACKEND_CONNECT_TIMEOUT)
+        endpoint: Any
+        if _is_ip(self.host):
+            # An address needs no resolver round trip through the thread pool (the usual 127.0.0.1).
+            cls = TCP6ClientEndpoint if ":" in self.host else TCP4ClientEndpoint
+            endpoint = cls(self._reactor, self.host, self.port, timeout=BACKEND_CONNECT_TIMEOUT)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, self.host, self.port, timeout=BACKEND_CONNECT_TIMEOUT)
         if self.tls:
             endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
-        return endpoint.connect(Factory.forProtocol(lambda: protocol))
+        factory = Factory.forProtocol(lambda: protocol)
+        factory.noisy = False
+        return endpoint.connect(factory)
 
     def render(self, request: ParsedRequest) -> bytes:
         target = self.base_path.encode() + request.target if self.base_path else request.target

@@ -181,7 +181,8 @@ class MeshConnection:
         except Exception:
             self._log.failure("{conn}: receive_datagram failed; datagram dropped", conn=self)
         self._process_events()
-        self.transmit()
+        # One transmit for every datagram read in this reactor turn (ACKs and replies coalesce).
+        self._transmit_soon()
 
     def abort(self, reason: CloseReason) -> None:
         """Tear down at once (endpoint stopping); CONNECTION_CLOSE should already be out."""

@@ -89,19 +89,30 @@ class Upstream:
             self._fail(reason)
 
     def _handle(self, events: list[ResponseHead | bytes | None]) -> None:
+        body: list[bytes] = []  # the body bytes of one delivery leave in one write, not one per chunk
         for ev in events:
+            if isinstance(ev, bytes):
+                body.append(ev)
+                continue
+            self._body(body)
+            body = []
             if isinstance(ev, ResponseHead):
                 self.head.callback(ev)
-            elif isinstance(ev, bytes):
-                if self.sink is not None:
-                    self.sink(ev)
-                else:
-                    self._pending.append(ev)
-                    self._pending_len += len(ev)
             else:
                 self.finished = True
                 if not self.done.called:
                     self.done.callback(None)
+        self._body(body)
+
+    def _body(self, parts: list[bytes]) -> None:
+        if not parts:
+            return
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if self.sink is not None:
+            self.sink(data)
+        else:
+            self._pending.append(data)
+            self._pending_len += len(data)
 
     def _fail(self, failure: Failure) -> None:
         self.finished = True
