@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -141,6 +141,7 @@ class Node(Service):
         self._leaving: set[bytes] = set()
         self._joining = False
         self._last_rejoin = 0.0
+        self._save_call: Any = None
         # --- relay path (meshd.relay): None when relays are disabled ---
         self.relay: NodeRelay | None = None
         if config.relay_urls:
@@ -202,7 +203,7 @@ class Node(Service):
         self._start_loop(self._rejoin, ALONE_REJOIN_INTERVAL)
         self._start_loop(self.check_liveness, LIVENESS_INTERVAL)
         if self.join_tokens:
-            self._track(self.join_any(self.join_tokens))
+            self._track(self.join_any(self.join_tokens)).addErrback(lambda f: f.trap(CancelledError))
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -213,6 +214,8 @@ class Node(Service):
         self._loops.clear()
         for d in list(self._pending):
             d.cancel()
+        if self._save_call is not None and self._save_call.active():
+            self._save_call.cancel()
         for conn in list(self.conns.values()):
             try:
                 _send_oneway(conn, StreamType.PEER_LEAVING, build_peer_leaving(self.identity.public_bytes))
@@ -301,6 +304,8 @@ class Node(Service):
             for token in tokens:
                 try:
                     await self.join(token)
+                except CancelledError:
+                    raise  # the node is stopping
                 except Exception as e:
                     self._log.warn("join failed: {err}", err=_describe(e), event="join_failed")
                     continue
@@ -464,7 +469,7 @@ class Node(Service):
         outcome = self.mesh.ingest_gossip(remote_id, infos, self.now())
         if outcome.adopted_mesh_id:
             self._log.info("mesh id {mesh_id}", mesh_id=outcome.adopted_mesh_id, event="mesh_id")
-            self._reactor.callLater(SAVE_LAST_MESH_DELAY, self._save_last_mesh)
+            self._save_call = self._reactor.callLater(SAVE_LAST_MESH_DELAY, self._save_last_mesh)
         if self.state is not NodeState.JOINED and remote_id in self.mesh.peers:
             self.set_state(NodeState.JOINED)
         if outcome.updated or outcome.adopted_mesh_id:
