@@ -345,3 +345,83 @@ def is_context_overflow(status: int, body_prefix: bytes) -> bool:
         return False
     text = body_prefix[:4096].lower()
     return any(w in text for w in _CONTEXT_WORDS) and any(w in text for w in _OVERFLOW_WORDS)
+
+
+class ChunkedScanner:
+    """Finds the end of a chunked body without decoding it, so the bytes can be relayed as they are.
+
+    ``feed(data)`` returns how many bytes of ``data`` belong to the body (all of them until the end is
+    reached); ``done`` turns True after the last chunk and its trailers. ``at_boundary`` is True between
+    chunks, where a relay may end the body with chunks of its own. Malformed framing raises
+    ``UpstreamProtocolError``.
+    """
+
+    _MAX_LINE = 4096  # a chunk-size line, or one trailer line
+    _MAX_TRAILERS = MAX_HEADER_BYTES
+
+    def __init__(self) -> None:
+        self._state = "size"  # size | data | data_crlf | trailer | done
+        self._remaining = 0
+        self._line = b""
+        self._trailer_bytes = 0
+        self.done = False
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._state == "size" and not self._line
+
+    def feed(self, data: bytes) -> int:
+        pos = 0
+        n = len(data)
+        while pos < n and not self.done:
+            if self._state == "data":
+                take = min(self._remaining, n - pos)
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = "data_crlf"
+                continue
+            end = data.find(b"\n", pos)
+            if end < 0:
+                self._line += data[pos:]
+                if len(self._line) > self._MAX_LINE:
+                    raise UpstreamProtocolError("chunked framing: line too long")
+                return n
+            line = self._line + data[pos:end]
+            self._line = b""
+            pos = end + 1
+            if len(line) > self._MAX_LINE:
+                raise UpstreamProtocolError("chunked framing: line too long")
+            line = line[:-1] if line.endswith(b"\r") else line
+            if self._state == "data_crlf":
+                if line:
+                    raise UpstreamProtocolError("chunked framing: no CRLF after chunk data")
+                self._state = "size"
+            elif self._state == "size":
+                size_text = line.split(b";", 1)[0].strip()
+                try:
+                    size = int(size_text, 16)
+                except ValueError:
+                    raise UpstreamProtocolError(f"chunked framing: bad chunk size {size_text[:20]!r}") from None
+                if size < 0:
+                    raise UpstreamProtocolError("chunked framing: negative chunk size")
+                if size == 0:
+                    self._state = "trailer"
+                else:
+                    self._remaining = size
+                    self._state = "data"
+            else:  # trailer
+                self._trailer_bytes += len(line)
+                if self._trailer_bytes > self._MAX_TRAILERS:
+                    raise UpstreamProtocolError("chunked framing: trailers too large")
+                if not line:
+                    self._state = "done"
+                    self.done = True
+        return pos
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+LAST_CHUNK = b"0\r\n\r\n"

@@ -22,10 +22,15 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from meshd.httpwire import (
+    LAST_CHUNK,
     MAX_ERROR_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    ChunkedScanner,
+    EarlyEOF,
     HTTPWireError,
     ResponseHead,
     ResponseParser,
+    encode_chunk,
     is_context_overflow,
     openai_error_body,
     render_request,
@@ -50,7 +55,7 @@ class TryNextHost(Exception):
 class Upstream:
     """Receiver of one tunnel stream: parses the host's response as it arrives."""
 
-    def __init__(self, stream: QuicStream, method: bytes) -> None:
+    def __init__(self, stream: QuicStream, method: bytes, *, raw_chunked: bool = False) -> None:
         self.stream = stream
         self.parser = ResponseParser(method)
         self.head: Deferred[ResponseHead] = Deferred()
@@ -59,22 +64,68 @@ class Upstream:
         self._pending: list[bytes] = []
         self._pending_len = 0
         self.finished = False
+        #: May a chunked 2xx body be relayed as the host sent it (chunk framing kept)? Then the head is
+        #: split off here and ``scanner`` finds the end of the body without decoding it.
+        self._raw_allowed = raw_chunked and method != b"HEAD"
+        self._head_buf = b""
+        self.scanner: ChunkedScanner | None = None
 
     def dataReceived(self, data: bytes) -> None:
         if self.finished:
             return
         try:
-            events = self.parser.feed(data)
+            if self.scanner is not None:
+                self._raw(data)
+            elif self._raw_allowed and not self.head.called:
+                self._before_head(data)
+            else:
+                self._handle(self.parser.feed(data))
         except HTTPWireError as e:
             self._fail(Failure(e))
+
+    def _before_head(self, data: bytes) -> None:
+        self._head_buf += data
+        while not self.head.called:
+            end = self._head_buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._head_buf) > MAX_HEADER_BYTES:
+                    raise EarlyEOF("response headers too large", before_headers=True)
+                return
+            head_part, rest = self._head_buf[: end + 4], self._head_buf[end + 4 :]
+            self._head_buf = b""
+            events = self.parser.feed(head_part)
+            head = next((e for e in events if isinstance(e, ResponseHead)), None)
+            if head is None:  # an informational 1xx: the real head follows
+                self._head_buf = rest
+                continue
+            if head.status < 400 and b"chunked" in (head.header(b"transfer-encoding") or b"").lower():
+                self.scanner = ChunkedScanner()
+                self.head.callback(head)
+                if rest:
+                    self._raw(rest)
+                return
+            # Not a chunked success (an error to re-shape, a length-delimited body...): decode it.
+            self._handle(events + self.parser.feed(rest))
             return
-        self._handle(events)
+
+    def _raw(self, data: bytes) -> None:
+        assert self.scanner is not None
+        used = self.scanner.feed(data)
+        self._body([data if used == len(data) else data[:used]])
+        if self.scanner.done:
+            self.finished = True
+            if not self.done.called:
+                self.done.callback(None)
 
     def eofReceived(self) -> None:
         if self.finished:
             return
         try:
-            events = self.parser.feed_eof()
+            if self.scanner is not None:
+                raise EarlyEOF("host closed the tunnel before a complete response", before_headers=False)
+            events = self.parser.feed(self._head_buf) if self._head_buf else []
+            self._head_buf = b""
+            events += self.parser.feed_eof()
         except HTTPWireError as e:
             self._fail(Failure(e))
             return
@@ -300,7 +351,7 @@ class MeshProxy:
             raise
         except Exception as e:
             raise TryNextHost(f"tunnel open failed: {_describe(e)}") from None
-        upstream = Upstream(stream, method)
+        upstream = Upstream(stream, method, raw_chunked=request.clientproto == b"HTTP/1.1")
         stream.set_receiver(upstream)
         stream.write(raw)
         upstream.head.addTimeout(self.first_byte_timeout, self._reactor)
@@ -346,6 +397,11 @@ class MeshProxy:
                 continue
             request.responseHeaders.addRawHeader(name, value)
         request.setHeader(b"x-mesh-served-by", host.hex().encode())
+        if upstream.scanner is not None:
+            # Relay the host's chunked body as it is: send our headers (twisted.web announces chunked
+            # framing), then stop twisted.web from framing again; the host's own last chunk ends it.
+            request.write(b"")
+            request.chunked = False
         request.registerProducer(stream, True)
         upstream.start_sink(request.write)
         try:
@@ -366,11 +422,14 @@ class MeshProxy:
             stream.reset(0)
             unregister_producer(request)
             content_type = head.header(b"content-type") or b""
-            if content_type.startswith(b"text/event-stream"):
+            scanner = upstream.scanner
+            # Relaying raw chunks, an event can only be added between two of the host's chunks.
+            if content_type.startswith(b"text/event-stream") and (scanner is None or scanner.at_boundary):
                 error = openai_error_body(
                     f"the host serving this stream failed: {_describe(e)}", "server_error", "upstream_stream_broken"
                 )
-                return b"data: " + error + b"\n\n"
+                event = b"data: " + error + b"\n\n"
+                return event if scanner is None else encode_chunk(event) + LAST_CHUNK
             abort_response(request)
             return b""
         unregister_producer(request)

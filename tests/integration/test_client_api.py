@@ -446,3 +446,29 @@ async def test_bad_input_gets_clear_errors_without_harming_other_requests(tmp_pa
     assert await slow == b""
     assert [r["messages"][0]["content"] for r in llm.requests] == ["p", "n"]
     await aio(sdk.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_streams_relay_raw_chunks_to_http11_and_decoded_bytes_to_http10(
+    tmp_path: Path, cleanup: list[Any]
+) -> None:
+    from twisted.internet.threads import deferToThread
+
+    host, _, _ = await start_host(tmp_path / "h", cleanup, "A")
+    _, base = await start_client(tmp_path / "c", cleanup, (host.token or "",))
+    port = int(base.rsplit(":", 1)[1].split("/")[0])
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "s"}], "stream": True}).encode()
+    head = b"POST /v1/chat/completions %s\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+    # HTTP/1.1: one well-framed chunked body (the host's chunks passed through), ending in [DONE]
+    raw11 = await deferToThread(raw_http, port, head % (b"HTTP/1.1", len(body)) + b"connection: close\r\n\r\n" + body)
+    assert raw11.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding: chunked" in raw11.split(b"\r\n\r\n", 1)[0].lower()
+    events11 = [line for line in http_body(raw11).split(b"\n") if line.startswith(b"data: ")]
+    assert events11[-1] == b"data: [DONE]" and len(events11) == 6
+    assert raw11.endswith(b"0\r\n\r\n")
+    # HTTP/1.0 has no chunked framing: the same events, decoded, delimited by the connection's end
+    raw10 = await deferToThread(raw_http, port, head % (b"HTTP/1.0", len(body)) + b"\r\n" + body)
+    head10, body10 = raw10.split(b"\r\n\r\n", 1)
+    assert head10.startswith(b"HTTP/1.0 200") and b"chunked" not in head10.lower()
+    events10 = [line for line in body10.split(b"\n") if line.startswith(b"data: ")]
+    assert events10 == events11

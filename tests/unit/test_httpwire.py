@@ -186,3 +186,42 @@ def test_context_overflow_detection() -> None:
     assert is_context_overflow(400, b"the prompt exceeds the context window")
     assert not is_context_overflow(400, b"invalid json")
     assert not is_context_overflow(500, b"context exceeded")
+
+
+def test_chunked_scanner_finds_the_end_in_any_split() -> None:
+    from meshd.httpwire import ChunkedScanner
+
+    body = b"5\r\nhello\r\n10;ext=1\r\n" + b"x" * 16 + b"\r\n0\r\ntrailer: 1\r\n\r\n"
+    for step in (1, 2, 3, 7, len(body)):
+        scanner = ChunkedScanner()
+        consumed = 0
+        for i in range(0, len(body), step):
+            piece = body[i : i + step]
+            used = scanner.feed(piece)
+            consumed += used
+            if scanner.done:
+                assert used <= len(piece)
+                break
+            assert used == len(piece)
+        assert scanner.done and consumed == len(body)
+
+
+def test_chunked_scanner_stops_at_the_end_and_tracks_boundaries() -> None:
+    from meshd.httpwire import ChunkedScanner
+
+    scanner = ChunkedScanner()
+    assert scanner.at_boundary
+    assert scanner.feed(b"3\r\nab") == 5
+    assert not scanner.at_boundary
+    assert scanner.feed(b"c\r\n") == 3
+    assert scanner.at_boundary
+    assert scanner.feed(b"0\r\n\r\nGARBAGE") == 5
+    assert scanner.done
+
+
+@pytest.mark.parametrize("bad", [b"zz\r\n", b"3\r\nabcX\r\n", b"-1\r\n", b"f" * 5000])
+def test_chunked_scanner_rejects_bad_framing(bad: bytes) -> None:
+    from meshd.httpwire import ChunkedScanner, UpstreamProtocolError
+
+    with pytest.raises(UpstreamProtocolError):
+        ChunkedScanner().feed(bad)
