@@ -278,9 +278,16 @@ class QuicEndpoint(DatagramProtocol):
             return
         if self.transport is None:
             return
+        # Straight to the socket when there is one: every address here came from our own routing
+        # (a peer's source address or a dial target), so twisted's per-datagram address check is
+        # redundant on this hot path.
+        sock = getattr(self._port, "socket", None)
         try:
-            self.transport.write(data, addr)
-        except Exception as exc:  # ENOBUFS, EMSGSIZE, wrong family...: QUIC recovers from loss
+            if sock is not None:
+                sock.sendto(data, addr)
+            else:
+                self.transport.write(data, addr)
+        except Exception as exc:  # ENOBUFS, EMSGSIZE, EAGAIN, wrong family...: QUIC recovers from loss
             self._log.debug("send to {addr} failed: {exc}", addr=addr, exc=exc)
 
     def _add_route(self, cid: bytes, conn: MeshConnection) -> None:
