@@ -74,6 +74,26 @@ def order_hosts(host_ids: Iterable[bytes], own_id: bytes) -> list[bytes]:
     return ids[k:] + ids[:k]
 
 
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+
+
+def fnv1a64(data: bytes) -> int:
+    h = _FNV_OFFSET
+    for b in data:
+        h = ((h ^ b) * _FNV_PRIME) & _U64
+    return h
+
+
+def sticky_order(hosts: list[bytes], session: str | None) -> list[bytes]:
+    """Session affinity (§6.4 step 5): a request naming a ``user`` (else ``session_id``) goes to the
+    same host each time — rotate the ordered hosts by the FNV-1a-64 hash of that name."""
+    if not session or len(hosts) < 2:
+        return hosts
+    k = fnv1a64(session.encode("utf-8")) % len(hosts)
+    return hosts[k:] + hosts[:k]
+
+
 class MeshState:
     def __init__(self, own_id: bytes, role: Role, mesh_id: str | None = None) -> None:
         self.own_id = own_id

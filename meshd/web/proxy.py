@@ -36,6 +36,7 @@ from meshd.httpwire import (
     render_request,
     reshape_upstream_error,
 )
+from meshd.mesh.state import sticky_order
 from meshd.node import Node
 from meshd.quic import QuicStream
 from meshd.web.errors import openai_error
@@ -262,7 +263,7 @@ class MeshProxy:
         own = self.node.identity.public_bytes
         local = [own] if self.node.serves_locally(model if model and model != "auto" else None) else []
         if model and model != "auto":
-            hosts = _filter(local + mesh.hosts_for_model(model), exclude)
+            hosts = _filter(local + sticky_order(mesh.hosts_for_model(model), session_of(parsed)), exclude)
             if target:
                 chosen = [h for h in hosts if _matches(h, target[0])]
                 if not chosen:
@@ -286,7 +287,7 @@ class MeshProxy:
                     headers={"Retry-After": "5"},
                 )
         else:
-            hosts = _filter(local + mesh.any_hosts(), exclude)
+            hosts = _filter(local + sticky_order(mesh.any_hosts(), session_of(parsed)), exclude)
             if target:
                 hosts = [h for h in hosts if _matches(h, target[0])][:1]
             if not hosts:
@@ -487,6 +488,15 @@ def _parse_json(body: bytes) -> Any:
         return json.loads(body)
     except ValueError:
         return _NOT_JSON
+
+
+def session_of(data: Any) -> str | None:
+    """The ``user`` (else ``session_id``) a request body names, for session affinity."""
+    if isinstance(data, dict):
+        for key in ("user", "session_id"):
+            if isinstance(data.get(key), str) and data[key]:
+                return str(data[key])
+    return None
 
 
 def model_of(data: Any) -> str | None:

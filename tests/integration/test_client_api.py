@@ -472,3 +472,21 @@ async def test_streams_relay_raw_chunks_to_http11_and_decoded_bytes_to_http10(
     assert head10.startswith(b"HTTP/1.0 200") and b"chunked" not in head10.lower()
     events10 = [line for line in body10.split(b"\n") if line.startswith(b"data: ")]
     assert events10 == events11
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_sticks_to_one_host(tmp_path: Path, cleanup: list[Any]) -> None:
+    from meshd.mesh.state import sticky_order
+
+    host_a, _, _ = await start_host(tmp_path / "a", cleanup, "A")
+    host_b, _, _ = await start_host(tmp_path / "b", cleanup, "B")
+    client, base = await start_client(tmp_path / "c", cleanup, (host_a.token or "",))
+    await client.join(host_b.token or "")
+    sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
+    msgs: Any = [{"role": "user", "content": "hi"}]
+    for user in ("alice", "bob", "carol"):
+        expected = sticky_order(client.mesh.hosts_for_model("tiny"), user)[0]
+        for _ in range(3):
+            raw = await aio(sdk.chat.completions.with_raw_response.create(model="tiny", messages=msgs, user=user))
+            assert raw.headers["x-mesh-served-by"] == expected.hex()
+    await aio(sdk.close())

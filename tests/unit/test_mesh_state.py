@@ -181,3 +181,17 @@ def test_version_bumps_on_visible_change_only() -> None:
     assert v1 > v0
     st.ingest_gossip(pid(1), [info(1)], now=1)
     assert st.version == v1
+
+
+def test_fnv1a64_known_values_and_sticky_rotation() -> None:
+    from meshd.mesh.state import fnv1a64, sticky_order
+
+    assert fnv1a64(b"") == 0xCBF29CE484222325  # the offset basis
+    assert fnv1a64(b"a") == 0xAF63DC4C8601EC8C  # published FNV-1a 64 test vector
+    hosts = [pid(1), pid(2), pid(3)]
+    assert sticky_order(hosts, None) == hosts
+    k = fnv1a64(b"alice") % 3
+    assert sticky_order(hosts, "alice") == hosts[k:] + hosts[:k]
+    assert sticky_order(hosts, "alice") == sticky_order(hosts, "alice")
+    firsts = {sticky_order(hosts, f"user-{i}")[0] for i in range(30)}
+    assert firsts == set(hosts)  # different users spread over the hosts
