@@ -402,9 +402,13 @@ class CORSPolicy:
 # -- readiness, callers, request shape ------------------------------------------------------------
 
 
-def readiness(node_state: str, models: Iterable[str]) -> tuple[int, dict[str, Any]]:
-    """``/ready``: 200 when joined with at least one routable model, else 503 with the reason."""
-    names = sorted(set(models))
+def readiness(node_state: str, models: Iterable[str], own_models: Iterable[str] = ()) -> tuple[int, dict[str, Any]]:
+    """``/ready``: 200 when joined with at least one routable model, or when this host's own backend
+    serves a model (a host that started its own mesh is ready alone); else 503 with the reason."""
+    own = sorted(set(own_models))
+    names = sorted(set(models) | set(own))
+    if own:
+        return 200, {"status": "ready", "node_state": node_state, "models": names}
     if node_state != "joined":
         return 503, {"status": "not_ready", "reason": f"node state is {node_state}", "node_state": node_state}
     if not names:
@@ -413,7 +417,8 @@ def readiness(node_state: str, models: Iterable[str]) -> tuple[int, dict[str, An
 
 
 def ready_response(request: IRequest, node: Node) -> bytes:
-    code, payload = readiness(node.state.value, node.mesh.routable_models())
+    own = node.hosted_models if node.serves_locally(None) else ()
+    code, payload = readiness(node.state.value, node.mesh.routable_models(), own)
     request.setHeader(b"cache-control", b"no-cache")
     return json_body(request, code, payload)
 

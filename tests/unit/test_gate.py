@@ -223,6 +223,13 @@ def test_readiness() -> None:
     assert code == 503 and body["reason"] == "node state is joining"
 
 
+def test_readiness_of_a_host_serving_its_own_models() -> None:
+    code, body = readiness("standalone", [], own_models=["mine"])
+    assert code == 200 and body["models"] == ["mine"]
+    code, body = readiness("standalone", [], own_models=[])
+    assert code == 503
+
+
 def test_client_ip_trusts_proxy_headers_only_when_told() -> None:
     assert client_ip("10.0.0.1", b"1.2.3.4", b"5.6.7.8", trust_proxy=False) == "10.0.0.1"
     assert client_ip("10.0.0.1", b"1.2.3.4", b"5.6.7.8", trust_proxy=True) == "1.2.3.4"
