@@ -45,39 +45,47 @@ def relay_node(tmp: Path, role: Role, url: str, tokens: tuple[str, ...] = (), se
     return Node(cfg, Identity.generate(), reactor)
 
 
-@pytest_twisted.ensureDeferred
-async def test_client_completion_from_host_through_relay(tmp_path: Path, cleanup: list[Any]) -> None:  # noqa: F811
+async def host_and_client_over(
+    url: str, tmp_path: Path, things: list[Any], *, full_token: bool
+) -> tuple[Node, Node, FakeLLM, str]:
+    """A meshd host (fake LLM backend) whose home relay is ``url``, and a client joined to it through
+    that relay: with ``full_token`` the host's whole token is offered, else only its relay URL.
+    Returns (host, client, backend, the client's API base URL)."""
     from twisted.web.server import Site
 
-    relay = start_relay(reactor)
-    cleanup.append(relay)
-    url = relay_url(relay)
     llm = FakeLLM("R")
     port = reactor.listenTCP(0, Site(llm), interface="127.0.0.1")
-    cleanup.append(port)
+    things.append(port)
     backend = f"http://127.0.0.1:{port.getHost().port}"
     host = relay_node(tmp_path / "h", Role.HOST, url, serve=backend)
     host.api_port = 9337
     watch = BackendWatch(reactor, host, Backend(reactor, backend))
     host.startService()
     watch.startService()
-    cleanup.extend([host, watch])
+    things.extend([host, watch])
     await wait_for(lambda: host.hosted_models == ("tiny",))
     assert host.relay is not None
     await host.relay.client.link(url).when_up()
 
     addr = decode_token(host.token or "")
     assert addr.relay_urls == (canonical_relay_url(url),)  # our token carries the home relay
-    token = host.token or "" if RELAY_ONLY_NETNS else encode_token(EndpointAddr(addr.id, relay_urls=addr.relay_urls))
-
+    token = host.token or "" if full_token else encode_token(EndpointAddr(addr.id, relay_urls=addr.relay_urls))
     client = relay_node(tmp_path / "c", Role.CLIENT, url, (token,))
     client.startService()
-    cleanup.append(client)
+    things.append(client)
     api = reactor.listenTCP(0, APIApp(client, reactor).site(), interface="127.0.0.1")
-    cleanup.append(api)
+    things.append(api)
     await wait_for(lambda: client.state is NodeState.JOINED, within=20)
+    return host, client, llm, f"http://127.0.0.1:{api.getHost().port}/v1"
 
-    sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{api.getHost().port}/v1", api_key="unused", max_retries=0)
+
+@pytest_twisted.ensureDeferred
+async def test_client_completion_from_host_through_relay(tmp_path: Path, cleanup: list[Any]) -> None:  # noqa: F811
+    relay = start_relay(reactor)
+    cleanup.append(relay)
+    url = relay_url(relay)
+    host, client, _llm, base = await host_and_client_over(url, tmp_path, cleanup, full_token=RELAY_ONLY_NETNS)
+    sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
     reply = await aio(
         sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], temperature=0)
     )
@@ -100,33 +108,12 @@ async def test_relay_restart_fails_in_flight_cleanly_then_service_resumes(
     tmp_path: Path,
     cleanup: list[Any],  # noqa: F811
 ) -> None:
-    from twisted.web.server import Site
 
     relay = start_relay(reactor)
     url = relay_url(relay)
     relay_port = relay.bound_port
-    llm = FakeLLM("R")
-    port = reactor.listenTCP(0, Site(llm), interface="127.0.0.1")
-    cleanup.append(port)
-    backend = f"http://127.0.0.1:{port.getHost().port}"
-    host = relay_node(tmp_path / "h", Role.HOST, url, serve=backend)
-    host.api_port = 9337
-    watch = BackendWatch(reactor, host, Backend(reactor, backend))
-    host.startService()
-    watch.startService()
-    cleanup.extend([host, watch])
-    await wait_for(lambda: host.hosted_models == ("tiny",))
-    assert host.relay is not None
-    await host.relay.client.link(url).when_up()
-    addr = decode_token(host.token or "")
-    token = encode_token(EndpointAddr(addr.id, relay_urls=addr.relay_urls))  # the relay is the only path
-    client = relay_node(tmp_path / "c", Role.CLIENT, url, (token,))
-    client.startService()
-    cleanup.append(client)
-    api = reactor.listenTCP(0, APIApp(client, reactor).site(), interface="127.0.0.1")
-    cleanup.append(api)
-    await wait_for(lambda: client.state is NodeState.JOINED, within=20)
-    sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{api.getHost().port}/v1", api_key="unused", max_retries=0)
+    host, client, llm, base = await host_and_client_over(url, tmp_path, cleanup, full_token=False)
+    sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
     msgs: Any = [{"role": "user", "content": "hi"}]
 
     llm.chunks, llm.delay = 400, 0.05  # a 20 s stream
