@@ -20,7 +20,7 @@ class LoggedErrors:
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level")
-        if level in (LogLevel.error, LogLevel.critical) or event.get("isError"):
+        if level in (LogLevel.error, LogLevel.critical) or event.get("isError") or "log_failure" in event:
             self.events.append(event)
 
     def flush(self, predicate: Any = None) -> list[dict[str, Any]]:

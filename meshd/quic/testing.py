@@ -18,15 +18,15 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from meshd.quic.stream import QuicStream
 
-__all__ = ["LoggedErrors", "MemoryNetwork", "RecordingReceiver"]
+__all__ = ["MemoryNetwork", "RecordingReceiver"]
 
 Address = tuple[str, int]
 
@@ -121,6 +121,26 @@ class RecordingReceiver:
         self.eof = False
         self.lost: Failure | None = None
         self.on_data: Callable[[RecordingReceiver, bytes], Any] | None = None
+        self._done: Deferred[bytes] | None = None
+
+    @property
+    def done(self) -> Deferred[bytes]:
+        """Fires with all the data once the stream ended cleanly, or fails with why it did not.
+        (Made on first use, so a stream nobody waits on leaves no unhandled failure behind.)"""
+        if self._done is None:
+            self._done = Deferred()
+            if self.lost is not None:
+                self._fire()
+        return self._done
+
+    def _fire(self) -> None:
+        assert self._done is not None and self.lost is not None
+        if self._done.called:
+            return
+        if self.lost.check(ConnectionDone):
+            self._done.callback(self.data)
+        else:
+            self._done.errback(self.lost)
 
     @property
     def data(self) -> bytes:
@@ -140,40 +160,5 @@ class RecordingReceiver:
 
     def connectionLost(self, reason: Failure) -> None:
         self.lost = reason
-
-
-@implementer(ILogObserver)
-class LoggedErrors:
-    """Collects error-level twisted.logger events (tests assert there are none)."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        from twisted.logger import LogLevel
-
-        if event.get("log_level") in (LogLevel.error, LogLevel.critical) or "log_failure" in event:
-            self.events.append(event)
-
-    def start(self) -> LoggedErrors:
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(self)
-        return self
-
-    def stop(self) -> None:
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.removeObserver(self)
-
-    def formatted(self) -> list[str]:
-        from twisted.logger import formatEvent
-
-        out = []
-        for e in self.events:
-            text = formatEvent(e)
-            failure = e.get("log_failure")
-            if failure is not None:
-                text += "\n" + failure.getTraceback()
-            out.append(text)
-        return out
+        if self._done is not None:
+            self._fire()

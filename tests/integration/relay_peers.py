@@ -107,7 +107,7 @@ class MeshdRelayed:
         self.client.startService()
 
     def _accept(self, conn: Any) -> None:
-        from tests.integration.test_quic_iroh import Collect
+        from meshd.quic.testing import RecordingReceiver as Collect
 
         self.inbound.append(conn)
 
@@ -129,7 +129,7 @@ class MeshdRelayed:
 
     @defer.inlineCallbacks
     def round_trip(self, conn: Any, payload: bytes):  # type: ignore[no-untyped-def]
-        from tests.integration.test_quic_iroh import Collect
+        from meshd.quic.testing import RecordingReceiver as Collect
 
         stream = conn.open_stream()
         receiver = Collect(stream)

@@ -13,11 +13,9 @@ from aioquic import tls as aiotls
 from aioquic.quic.packet import QuicErrorCode
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone
-from twisted.python.failure import Failure
 
 from meshd.quic import DialFailed, MeshConnection, QuicEndpoint, QuicStream
-from meshd.quic.testing import LoggedErrors
+from meshd.quic.testing import RecordingReceiver as Collect
 from meshd.quic.tls import public_key_bytes
 
 iroh = pytest.importorskip("iroh")
@@ -30,38 +28,6 @@ LIMIT = 8 * 1024 * 1024
 
 def as_deferred(coro: Coroutine[Any, Any, Any]) -> defer.Deferred[Any]:
     return defer.Deferred.fromFuture(asyncio.ensure_future(coro))
-
-
-@pytest.fixture(autouse=True)
-def no_logged_errors() -> Iterator[None]:
-    errors = LoggedErrors().start()
-    yield
-    errors.stop()
-    assert not errors.events, "\n".join(errors.formatted())
-
-
-class Collect:
-    def __init__(self, stream: QuicStream, echo: bool = False) -> None:
-        self.stream = stream
-        self.echo = echo
-        self.chunks: list[bytes] = []
-        self.done: defer.Deferred[bytes] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.chunks.append(data)
-        if self.echo:
-            self.stream.write(data)
-
-    def eofReceived(self) -> None:
-        if self.echo:
-            self.stream.loseWriteConnection()
-
-    def connectionLost(self, reason: Failure) -> None:
-        if not self.done.called:
-            if reason.check(ConnectionDone):
-                self.done.callback(b"".join(self.chunks))
-            else:
-                self.done.errback(reason)
 
 
 class Setup:

@@ -12,50 +12,12 @@ from aioquic import tls as aiotls
 from aioquic.quic.packet import QuicErrorCode
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone
-from twisted.python.failure import Failure
 
 from meshd.quic import DialFailed, MeshConnection, QuicEndpoint, QuicStream
-from meshd.quic.testing import LoggedErrors
+from meshd.quic.testing import RecordingReceiver as Collect
 from meshd.quic.tls import public_key_bytes
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def no_logged_errors() -> Iterator[None]:
-    errors = LoggedErrors().start()
-    yield
-    errors.stop()
-    assert not errors.events, "\n".join(errors.formatted())
-
-
-class Collect:
-    """Receiver that fires ``done`` with all data when the stream ends."""
-
-    def __init__(self, stream: QuicStream, echo: bool = False) -> None:
-        self.stream = stream
-        self.echo = echo
-        self.chunks: list[bytes] = []
-        self.eof = False
-        self.done: defer.Deferred[bytes] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.chunks.append(data)
-        if self.echo:
-            self.stream.write(data)
-
-    def eofReceived(self) -> None:
-        self.eof = True
-        if self.echo:
-            self.stream.loseWriteConnection()
-
-    def connectionLost(self, reason: Failure) -> None:
-        if not self.done.called:
-            if reason.check(ConnectionDone):
-                self.done.callback(b"".join(self.chunks))
-            else:
-                self.done.errback(reason)
 
 
 class Pair:

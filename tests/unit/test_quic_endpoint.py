@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from aioquic import tls as aiotls
 from aioquic.quic.packet import QuicErrorCode
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -24,19 +21,11 @@ from meshd.quic import (
     StreamReset,
     TransportLimits,
 )
-from meshd.quic.testing import LoggedErrors, MemoryNetwork, RecordingReceiver
+from meshd.quic.testing import MemoryNetwork, RecordingReceiver
 from meshd.quic.tls import public_key_bytes
 
 A = ("10.0.0.1", 1111)
 B = ("10.0.0.2", 2222)
-
-
-@pytest.fixture(autouse=True)
-def no_logged_errors() -> Iterator[None]:
-    errors = LoggedErrors().start()
-    yield
-    errors.stop()
-    assert not errors.events, "\n".join(errors.formatted())
 
 
 class World:
