@@ -39,6 +39,8 @@ class FakeLLM(Resource):
         self.cancelled = 0
         self.chunks = 5
         self.delay = 0.01
+        #: While set, a streaming answer waits on it before its first byte (its headers included).
+        self.hold: Deferred[None] | None = None
 
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", b"application/json")
@@ -77,7 +79,7 @@ class FakeLLM(Resource):
 
         request.notifyFinish().addErrback(gone)
 
-        def step() -> None:
+        def step(_: Any = None) -> None:
             if state["gone"]:
                 return
             i = state["i"]
@@ -96,7 +98,10 @@ class FakeLLM(Resource):
                 request.write(b"data: [DONE]\n\n")
                 request.finish()
 
-        step()
+        if self.hold is not None:
+            self.hold.addCallback(step)
+        else:
+            step()
         return NOT_DONE_YET
 
 

@@ -15,6 +15,7 @@ import openai
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 
 from meshd.config import Config, Role
 from meshd.host import BackendWatch
@@ -103,12 +104,23 @@ async def test_client_completion_from_host_through_relay(tmp_path: Path, cleanup
     assert relay.server.status()["metrics"]["datagrams_forwarded"] > 0
 
 
+async def restart_relay_and_check_service(
+    url: str, relay_port: int, host: Node, client: Node, sdk: openai.AsyncOpenAI, cleanup: list[Any]
+) -> None:
+    """A new relay on the same address: the host re-registers, the client re-joins, requests work again."""
+    relay2 = start_relay(reactor, port=relay_port)
+    cleanup.append(relay2)
+    await wait_for(lambda: host.relay is not None and host.relay.client.link(url).state == "up", within=30)
+    await wait_for(lambda: host.identity.public_bytes in client.mesh.peers and client.state is NodeState.JOINED, 40)
+    reply = await aio(sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}]))
+    assert reply.choices[0].message.content == "w0 w1 w2 w3 w4 R"
+
+
 @pytest_twisted.ensureDeferred
-async def test_relay_restart_fails_in_flight_cleanly_then_service_resumes(
+async def test_relay_lost_mid_stream_ends_it_with_an_error_then_service_resumes(
     tmp_path: Path,
     cleanup: list[Any],  # noqa: F811
 ) -> None:
-
     relay = start_relay(reactor)
     url = relay_url(relay)
     relay_port = relay.bound_port
@@ -116,29 +128,52 @@ async def test_relay_restart_fails_in_flight_cleanly_then_service_resumes(
     sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
     msgs: Any = [{"role": "user", "content": "hi"}]
 
-    llm.chunks, llm.delay = 400, 0.05  # a 20 s stream
+    # A stream that cannot finish while the test runs: it can only end with an error.
+    llm.chunks, llm.delay = 1_000_000, 0.05
+    received = {"n": 0}
 
-    async def stream_all() -> tuple[int, Exception | None]:
-        n = 0
+    async def stream_all() -> Exception | None:
         try:
             s = await sdk.chat.completions.create(model="tiny", messages=msgs, stream=True)
             async for _ in s:
-                n += 1
+                received["n"] += 1
         except Exception as e:  # the error event surfaces as openai.APIError
-            return n, e
-        return n, None
+            return e
+        return None
 
     in_flight = aio(stream_all())
-    await wait_for(lambda: len(llm.requests) == 1)
+    await wait_for(lambda: received["n"] >= 1)  # the stream is flowing through the relay
     await relay.stopService()  # the relay goes away mid-stream
-    n, err = await in_flight
-    assert 0 < n < 400 and err is not None  # ended with an error, not a hang and not a truncated success
+    err = await in_flight
+    assert err is not None  # ended with an error, not a hang and not a truncated success
+    assert received["n"] >= 1
     llm.chunks, llm.delay = 5, 0.01
+    await restart_relay_and_check_service(url, relay_port, host, client, sdk, cleanup)
+    await aio(sdk.close())
 
-    relay2 = start_relay(reactor, port=relay_port)  # back on the same address
-    cleanup.append(relay2)
-    await wait_for(lambda: host.relay is not None and host.relay.client.link(url).state == "up", within=30)
-    await wait_for(lambda: host.identity.public_bytes in client.mesh.peers and client.state is NodeState.JOINED, 40)
-    reply = await aio(sdk.chat.completions.create(model="tiny", messages=msgs))
-    assert reply.choices[0].message.content == "w0 w1 w2 w3 w4 R"
+
+@pytest_twisted.ensureDeferred
+async def test_relay_lost_before_the_first_byte_gives_a_clean_503_then_service_resumes(
+    tmp_path: Path,
+    cleanup: list[Any],  # noqa: F811
+) -> None:
+    relay = start_relay(reactor)
+    url = relay_url(relay)
+    relay_port = relay.bound_port
+    host, client, llm, base = await host_and_client_over(url, tmp_path, cleanup, full_token=False)
+    sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
+    msgs: Any = [{"role": "user", "content": "hi"}]
+
+    llm.hold = Deferred()  # the backend has the request but sends nothing, not even headers
+    in_flight = aio(sdk.chat.completions.create(model="tiny", messages=msgs, stream=True))
+    await wait_for(lambda: len(llm.requests) == 1)
+    await relay.stopService()
+    with pytest.raises(openai.APIStatusError) as e:
+        await in_flight
+    # Nothing reached the caller yet, so it gets a whole error response, not a broken stream.
+    assert e.value.status_code == 503
+    assert e.value.body["code"] == "all_hosts_failed"  # type: ignore[index]
+    hold, llm.hold = llm.hold, None
+    hold.callback(None)
+    await restart_relay_and_check_service(url, relay_port, host, client, sdk, cleanup)
     await aio(sdk.close())
