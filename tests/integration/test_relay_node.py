@@ -105,11 +105,11 @@ async def test_client_completion_from_host_through_relay(tmp_path: Path, cleanup
 
 
 async def restart_relay_and_check_service(
-    url: str, relay_port: int, host: Node, client: Node, sdk: openai.AsyncOpenAI, cleanup: list[Any]
+    url: str, relay_port: int, host: Node, client: Node, sdk: openai.AsyncOpenAI, things: list[Any]
 ) -> None:
     """A new relay on the same address: the host re-registers, the client re-joins, requests work again."""
     relay2 = start_relay(reactor, port=relay_port)
-    cleanup.append(relay2)
+    things.append(relay2)
     await wait_for(lambda: host.relay is not None and host.relay.client.link(url).state == "up", within=30)
     await wait_for(lambda: host.identity.public_bytes in client.mesh.peers and client.state is NodeState.JOINED, 40)
     reply = await aio(sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}]))
