@@ -137,6 +137,8 @@ class RequestParser:
         """Feed bytes; returns the request once complete (extra bytes after it are ignored)."""
         if self.request is not None:
             return self.request
+        if not data:
+            return None  # h11 takes b"" for the end of the stream: that is ``feed_eof``
         self._conn.receive_data(data)
         return self._drain()
 
@@ -224,6 +226,8 @@ class ResponseParser:
         self._eof = False
 
     def feed(self, data: bytes) -> list[ResponseHead | bytes | None]:
+        if not data:
+            return []  # h11 takes b"" for the end of the stream: that is ``feed_eof``
         self._conn.receive_data(data)
         return self._drain()
 
