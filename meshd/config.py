@@ -45,12 +45,18 @@ class Config:
     bind_port: int = 0
     bind_address: str = "0.0.0.0"
     models: tuple[str, ...] = ()
-    backend_max_inflight: int = 4
+    #: None: what the backend says of itself (llama-server's slots), else mesh-llm's 4.
+    backend_max_inflight: int | None = None
+    #: How long a tunnel from a client that does not say waits for a backend slot.
+    backend_queue_timeout: float = 30.0
     state_dir: Path = attrs.field(factory=lambda: Path("~/.meshd").expanduser())
     log_format: str = "text"
     # The API gate (meshd.web.gate): in-flight cap, per-caller limits, keys, CORS, metrics.
     max_inflight: int = 0
-    queue_timeout: float = 2.0
+    #: How long a request waits for a slot: in the gate's queue, and for a busy host in the mesh.
+    queue_timeout: float = 30.0
+    #: Requests waiting for a gate slot at most (None: 16 per slot, at least 64).
+    max_queue: int | None = None
     rate_limit_rpm: int = 0
     rate_limit_streams: int = 0
     trust_proxy: bool = False

@@ -23,6 +23,10 @@ from meshd.tunnel import Backend, HostTunnel
 POLL_INTERVAL = 10.0
 POLL_TIMEOUT = 5.0
 MAX_MODELS_BODY = 1024 * 1024
+#: llama-server's /props carries the prompt template and more; it is read only for ``total_slots``.
+MAX_PROPS_BODY = 4 * 1024 * 1024
+#: A backend limit learned from the backend is kept within this.
+MAX_LEARNED_SLOTS = 256
 
 
 class BackendWatch(Service):
@@ -44,6 +48,8 @@ class BackendWatch(Service):
         self.interval = interval
         self._http = http or treq
         self.healthy = False
+        #: None until the first poll has answered (so the first state is always logged).
+        self._known: tuple[bool, tuple[str, ...]] | None = None
         self.last_error: str | None = None
         self.backend_models: tuple[str, ...] = ()
         self._loop: LoopingCall | None = None
@@ -83,8 +89,12 @@ class BackendWatch(Service):
             if len(body) > MAX_MODELS_BODY:
                 raise ValueError("model list too large")
             data = json.loads(body)
-            names = tuple(str(m["id"]) for m in data.get("data", []) if isinstance(m, dict) and m.get("id"))
+            entries = data.get("data", []) if isinstance(data, dict) else []
+            names = tuple(str(m["id"])[:512] for m in entries[:256] if isinstance(m, dict) and m.get("id"))
+            came_up = not self.healthy
             self._update(True, names, None)
+            if came_up and self.backend.limit_source != "flag":
+                await self._learn_limit()
 
         d = Deferred.fromCoroutine(run())
         self._inflight_poll = d
@@ -99,21 +109,59 @@ class BackendWatch(Service):
         d.addBoth(done)
         return d
 
+    async def _learn_limit(self) -> None:
+        """How many requests the backend serves at once, where it says (llama-server: ``/props``
+        ``total_slots``, else the length of ``/slots``); nothing changes when it does not."""
+        base = self.backend.url.rstrip("/")
+        for path, source in (("/props", "llama-server /props"), ("/slots", "llama-server /slots")):
+            try:
+                resp = await self._http.get(base + path, timeout=POLL_TIMEOUT, reactor=self._reactor)
+                body = await resp.content()
+                if resp.code != 200 or len(body) > MAX_PROPS_BODY:
+                    continue
+                data = json.loads(body)
+            except Exception:  # not llama-server, or it did not answer: keep the default
+                continue
+            slots = data.get("total_slots") if isinstance(data, dict) else len(data) if isinstance(data, list) else None
+            if isinstance(slots, int) and not isinstance(slots, bool) and 1 <= slots <= MAX_LEARNED_SLOTS:
+                self.backend.learned_limit(slots, source)
+                return
+
     def _update(self, healthy: bool, names: tuple[str, ...], error: str | None) -> None:
-        was = (self.healthy, self.node.hosted_models)
+        hosted = tuple((self.fixed_models or names) if healthy else ())
+        was = self._known
+        self._known = (healthy, hosted)
         self.healthy = healthy
         self.last_error = error
         self.backend_models = names
-        hosted = (self.fixed_models or names) if healthy else ()
-        self.node.hosted_models = tuple(hosted)
-        if (healthy, self.node.hosted_models) != was:
-            self._log.info(
-                "backend {url} {state}; hosting {models}",
+        self.node.set_hosted_models(hosted)
+        if was == self._known:
+            return
+        if not healthy:
+            self._log.warn(
+                "backend {url} is down ({error}); this host serves nothing until it answers",
                 url=self.backend.url,
-                state="up" if healthy else f"down ({error})",
-                models=list(self.node.hosted_models),
+                error=error,
                 event="backend_state",
+                state="down",
             )
+        elif was is None or not was[0]:
+            self._log.info(
+                "backend {url} is up; hosting {models}",
+                url=self.backend.url,
+                models=list(hosted),
+                event="backend_state",
+                state="up",
+            )
+        else:
+            self._log.info(
+                "backend {url} now hosts {models}",
+                url=self.backend.url,
+                models=list(hosted),
+                event="backend_state",
+                state="models",
+            )
+        if was is not None or healthy:
             self.node.notify_changed()
             self.node.regossip()
 
@@ -125,9 +173,14 @@ class BackendWatch(Service):
             "last_error": self.last_error,
             "models": list(self.backend_models),
             "hosted_models": list(self.node.hosted_models),
-            "inflight": stats.inflight,
+            "inflight": self.backend.inflight,
+            "queued": self.backend.slots.queued,
             "max_inflight": self.backend.max_inflight,
+            "max_inflight_source": self.backend.limit_source,
             "requests": stats.requests,
+            "served": stats.served,
+            "waited": stats.queued,
             "rejected_busy": stats.rejected_busy,
             "failed": stats.failed,
+            "timeouts": stats.timeouts,
         }

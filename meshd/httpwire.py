@@ -9,6 +9,7 @@ backend.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -351,6 +352,10 @@ def is_context_overflow(status: int, body_prefix: bytes) -> bool:
     return any(w in text for w in _CONTEXT_WORDS) and any(w in text for w in _OVERFLOW_WORDS)
 
 
+#: A chunk size is 1*HEXDIG (RFC 9112 §7.1): no sign, prefix, underscore or space; 16 digits at most.
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
 class ChunkedScanner:
     """Finds the end of a chunked body without decoding it, so the bytes can be relayed as they are.
 
@@ -402,13 +407,10 @@ class ChunkedScanner:
                     raise UpstreamProtocolError("chunked framing: no CRLF after chunk data")
                 self._state = "size"
             elif self._state == "size":
-                size_text = line.split(b";", 1)[0].strip()
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise UpstreamProtocolError(f"chunked framing: bad chunk size {size_text[:20]!r}") from None
-                if size < 0:
-                    raise UpstreamProtocolError("chunked framing: negative chunk size")
+                size_text = line.split(b";", 1)[0].rstrip(b" \t")
+                if not _CHUNK_SIZE.fullmatch(size_text):
+                    raise UpstreamProtocolError(f"chunked framing: bad chunk size {size_text[:20]!r}")
+                size = int(size_text, 16)
                 if size == 0:
                     self._state = "trailer"
                 else:
@@ -429,3 +431,129 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+class ResponseFramer:
+    """Follows a backend's raw HTTP/1.1 response to find where it ends, without re-framing it.
+
+    ``feed(data)`` returns the bytes to relay: the final response exactly as the backend wrote it, with
+    informational (1xx) responses before it cut out (they are hop-by-hop, and a peer reading the tunnel
+    may take the first head it sees for the answer) and anything after the end dropped. ``done`` turns
+    True at the last byte of the body (Content-Length, chunked framing, or no body), so a host frees its
+    backend slot and finishes the tunnel then, not when the backend gets round to closing. A body framed
+    by the connection's end (``until_close``) completes at ``feed_eof``. Malformed heads and framing
+    raise ``UpstreamProtocolError``.
+    """
+
+    def __init__(self, request_method: bytes = b"POST", max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+        self._method = request_method.upper()
+        self._max_header = max_header_bytes
+        self._buf = b""
+        self.head: ResponseHead | None = None
+        self.framing: str | None = None  # length | chunked | until_close | none
+        self._remaining = 0
+        self._scanner: ChunkedScanner | None = None
+        self.done = False
+
+    @property
+    def until_close(self) -> bool:
+        return self.framing == "until_close"
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done or not data:
+            return b""
+        if self.head is None:
+            return self._feed_head(data)
+        return self._feed_body(data)
+
+    def feed_eof(self) -> None:
+        """The backend closed: fine for a body framed by the close, an error anywhere else."""
+        if self.done:
+            return
+        if self.head is not None and self.until_close:
+            self.done = True
+            return
+        where = "before a complete response head" if self.head is None else "before the end of the body"
+        raise UpstreamProtocolError(f"backend closed the connection {where}")
+
+    def _feed_head(self, data: bytes) -> bytes:
+        self._buf += data
+        out = b""
+        while self.head is None:
+            m = _HEAD_END.search(self._buf)
+            if m is None:
+                if len(self._buf) > self._max_header:
+                    raise UpstreamProtocolError(f"backend response head exceeds {self._max_header} bytes")
+                return out
+            head_bytes, rest = self._buf[: m.end()], self._buf[m.end() :]
+            if len(head_bytes) > self._max_header:
+                raise UpstreamProtocolError(f"backend response head exceeds {self._max_header} bytes")
+            self._buf = rest
+            status, reason, headers = _parse_response_head(head_bytes, self._method)
+            if 100 <= status < 200:
+                if status == 101:
+                    raise UpstreamProtocolError("backend switched protocols; not relayable")
+                continue  # informational: dropped, the real head follows
+            self.head = ResponseHead(status=status, reason=reason, headers=headers)
+            self.framing, self._remaining = _body_framing(status, headers, self._method)
+            out = head_bytes
+            if self.framing == "none" or (self.framing == "length" and self._remaining == 0):
+                self.done = True
+                self._buf = b""
+                return out
+            if self.framing == "chunked":
+                self._scanner = ChunkedScanner()
+        rest, self._buf = self._buf, b""
+        return out + self._feed_body(rest) if rest else out
+
+    def _feed_body(self, data: bytes) -> bytes:
+        if self.framing == "until_close":
+            return data
+        if self.framing == "length":
+            take = data[: self._remaining]
+            self._remaining -= len(take)
+            if self._remaining == 0:
+                self.done = True
+            return take
+        assert self._scanner is not None
+        used = self._scanner.feed(data)
+        if self._scanner.done:
+            self.done = True
+        return data if used == len(data) else data[:used]
+
+
+def _parse_response_head(head: bytes, method: bytes) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]:
+    """Status, reason and headers of one response head (h11 checks the syntax)."""
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=len(head) + 1)
+    conn.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"backend")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(head)
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError as e:
+        raise UpstreamProtocolError(f"bad response head from backend: {e}") from None
+    if not isinstance(event, h11.InformationalResponse | h11.Response):
+        raise UpstreamProtocolError("bad response head from backend")
+    headers = tuple((bytes(k), bytes(v)) for k, v in event.headers)
+    if len(headers) > MAX_HEADER_LINES * 2:
+        raise UpstreamProtocolError("backend response has too many header lines")
+    return event.status_code, bytes(event.reason), headers
+
+
+def _body_framing(status: int, headers: tuple[tuple[bytes, bytes], ...], method: bytes) -> tuple[str, int]:
+    """How a response's body ends (RFC 9112 §6.3): (framing, Content-Length when framed by length)."""
+    if method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
+        return "none", 0
+    codings = [v for k, v in headers if k == b"transfer-encoding"]
+    if codings:
+        last = b",".join(codings).split(b",")[-1].strip().lower()
+        return ("chunked", 0) if last == b"chunked" else ("until_close", 0)
+    lengths = {v.strip() for k, v in headers if k == b"content-length"}
+    if lengths:
+        if len(lengths) != 1 or not next(iter(lengths)).isdigit():
+            raise UpstreamProtocolError("backend response has an invalid Content-Length")
+        return "length", int(next(iter(lengths)))
+    return "until_close", 0

@@ -132,6 +132,18 @@ class _LiveCollector:
         failovers = CounterMetricFamily("meshd_tunnel_failovers", "Requests retried on the next host.")
         failovers.add_metric([], float(getattr(proxy, "failovers", 0)))
         yield failovers
+        busy = CounterMetricFamily("meshd_host_busy_replies", "Times a host answered busy (all backend slots taken).")
+        busy.add_metric([], float(getattr(proxy, "busy_replies", 0)))
+        yield busy
+        refusals = CounterMetricFamily(
+            "meshd_mesh_refusals",
+            "Requests the mesh could not serve, by error code (server_busy, all_hosts_failed, no_hosts, "
+            "model_not_available, model_not_found).",
+            labels=["code"],
+        )
+        for code, n in sorted(getattr(proxy, "refusals", {}).items()):
+            refusals.add_metric([code], float(n))
+        yield refusals
         peers = GaugeMetricFamily("meshd_peers", "Peers in the mesh by role.", labels=["role"])
         counts = {"host": 0, "worker": 0, "client": 0}
         for entry in list(node.mesh.peers.values()):

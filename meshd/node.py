@@ -776,6 +776,11 @@ class Node(Service):
 
         return Deferred.fromCoroutine(run())
 
+    def set_hosted_models(self, models: tuple[str, ...]) -> None:
+        """Host role: the models our backend serves right now (known to the mesh state from then on)."""
+        self.hosted_models = models
+        self.mesh.note_models(models, self.now())
+
     def serves_locally(self, model: str | None) -> bool:
         """Host role: does our own backend serve ``model`` (any model, when None)?"""
         if self.tunnel_handler is None or not self.hosted_models:

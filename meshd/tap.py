@@ -108,11 +108,28 @@ class Options(usage.Options):
         ["serve", None, None, "Host role: share this OpenAI-compatible backend URL into a mesh."],
         ["bind-port", None, "0", "UDP port for QUIC (0 = an ephemeral port)."],
         ["bind-address", None, "0.0.0.0", "Address the QUIC UDP socket binds (peers must reach it)."],
-        ["backend-max-inflight", None, "4", "Host: requests relayed to the backend at once; more are refused."],
+        [
+            "backend-max-inflight",
+            None,
+            "auto",
+            "Host: requests relayed to the backend at once (auto: llama-server's slots, else 4); more wait.",
+        ],
+        [
+            "backend-queue-timeout",
+            None,
+            "30",
+            "Host: seconds a request waits for a backend slot before a 503 server_busy.",
+        ],
         ["state-dir", None, "~/.meshd", "Folder for keys and state."],
         ["log-format", None, "text", "Log output: text or json (one JSON object per line)."],
-        ["max-inflight", None, "0", "API requests in flight at once (0 = unlimited); more get 503 server_busy."],
-        ["queue-timeout", None, "2", "Seconds a request over --max-inflight waits for a slot before the 503."],
+        ["max-inflight", None, "0", "API requests in flight at once (0 = unlimited); more wait in a queue."],
+        [
+            "queue-timeout",
+            None,
+            "30",
+            "Seconds a request waits for a slot (--max-inflight, or busy hosts) before a 503 server_busy.",
+        ],
+        ["max-queue", None, None, "Requests waiting for a --max-inflight slot at most (default 16 per slot, >= 64)."],
         ["rate-limit-rpm", None, "0", "Requests per minute per caller (API key, else client IP; 0 = off)."],
         ["rate-limit-streams", None, "0", "Concurrent streaming requests per caller (0 = off)."],
         ["api-keys-file", None, None, "File of API keys, one a line, # comments; re-read on SIGHUP."],
@@ -226,12 +243,20 @@ class Options(usage.Options):
         for token in self["join"]:
             if not token.strip():
                 raise usage.UsageError("--join needs a non-empty invite token")
+        inflight: int | None = None
+        if self["backend-max-inflight"] != "auto":
+            try:
+                inflight = int(self["backend-max-inflight"])
+            except ValueError:
+                raise usage.UsageError("--backend-max-inflight must be a number or auto") from None
+            if inflight < 1:
+                raise usage.UsageError("--backend-max-inflight must be at least 1")
         try:
-            inflight = int(self["backend-max-inflight"])
+            backend_queue_timeout = float(self["backend-queue-timeout"])
         except ValueError:
-            raise usage.UsageError("--backend-max-inflight must be a number") from None
-        if inflight < 1:
-            raise usage.UsageError("--backend-max-inflight must be at least 1")
+            raise usage.UsageError("--backend-queue-timeout must be a number of seconds") from None
+        if not 0 <= backend_queue_timeout <= 600:
+            raise usage.UsageError("--backend-queue-timeout must be between 0 and 600 seconds")
         bind_address = self["bind-address"]
         try:
             ipaddress.ip_address(bind_address)
@@ -279,6 +304,7 @@ class Options(usage.Options):
             bind_address=bind_address,
             models=tuple(self["model"]),
             backend_max_inflight=inflight,
+            backend_queue_timeout=backend_queue_timeout,
             state_dir=Path(self["state-dir"]).expanduser(),
             log_format=self["log-format"],
             **gate,
@@ -312,6 +338,9 @@ class Options(usage.Options):
             keys_file = Path(self["api-keys-file"]).expanduser()
             if not keys_file.is_file() or not os.access(keys_file, os.R_OK):
                 raise usage.UsageError(f"--api-keys-file {str(keys_file)!r} is not a readable file")
+        max_queue = None
+        if self["max-queue"] is not None:
+            max_queue = count("max-queue")
         origins = tuple(self["cors-origin"]) or ("*",)
         for origin in origins:
             parts = urlsplit(origin)
@@ -320,6 +349,7 @@ class Options(usage.Options):
         return {
             "max_inflight": count("max-inflight"),
             "queue_timeout": queue_timeout,
+            "max_queue": max_queue,
             "rate_limit_rpm": count("rate-limit-rpm"),
             "rate_limit_streams": count("rate-limit-streams"),
             "trust_proxy": bool(self["trust-proxy"]),
@@ -402,7 +432,10 @@ def build_service(config: Config, reactor: Any) -> Any:
     if config.role is Role.HOST:
         assert config.serve_url is not None
         watch = BackendWatch(
-            reactor, node, Backend(reactor, config.serve_url, config.backend_max_inflight), config.models
+            reactor,
+            node,
+            Backend(reactor, config.serve_url, config.backend_max_inflight, config.backend_queue_timeout),
+            config.models,
         )
         node.status_extras["backend"] = watch.status
         extra.append(("backend", watch))

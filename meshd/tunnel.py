@@ -9,7 +9,9 @@ these adapters testable without QUIC.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -17,17 +19,52 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TxProtocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from meshd.httpwire import HTTPWireError, ParsedRequest, RequestParser, openai_error_body, render_request
+from meshd.concurrency import Admission, ConcurrencyLimiter
+from meshd.httpwire import (
+    HTTPWireError,
+    ParsedRequest,
+    RequestParser,
+    ResponseFramer,
+    openai_error_body,
+    render_request,
+)
 
-#: mesh-llm's BACKEND_PROXY_MAX_INFLIGHT.
+#: mesh-llm's BACKEND_PROXY_MAX_INFLIGHT: the backend limit when neither the flag nor the backend says.
 DEFAULT_BACKEND_INFLIGHT = 4
 BACKEND_CONNECT_TIMEOUT = 10.0
+#: The backend must start answering within this (mesh-llm's remote first-byte timeout).
+BACKEND_FIRST_BYTE_TIMEOUT = 300.0
+#: The whole request must arrive within this after the stream opened.
+REQUEST_READ_TIMEOUT = 30.0
+#: A peer that reads nothing of a response for this long loses its tunnel (and frees the slot).
+STALLED_READER_TIMEOUT = 60.0
+#: How long a tunnel may wait for a backend slot when its client does not say (``--backend-queue-timeout``).
+DEFAULT_BACKEND_QUEUE_TIMEOUT = 30.0
+#: Sent by meshd clients: seconds the host may queue the request for a slot (``0``: answer busy at once,
+#: so the client can try another host). Never forwarded to the backend.
+WAIT_HEADER = b"x-meshd-wait"
+#: On a host's 503 that means "busy", never "failed" (a meshd client waits or tries another host).
+BUSY_HEADER = b"x-meshd-busy"
+#: Reset code of a tunnel whose response was cut short (the caller must not take it for complete).
+RESET_TRUNCATED = 1
+
+_REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 
 
 class TunnelStream(Protocol):
@@ -51,28 +88,55 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def http_response(status: int, reason: str, body: bytes, content_type: str = "application/json") -> bytes:
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    return head.encode("latin-1") + body
+def http_response(
+    status: int, body: bytes, content_type: str = "application/json", extra: dict[str, str] | None = None
+) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", f"content-type: {content_type}"]
+    lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
+    lines += [f"content-length: {len(body)}", "connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1") + body
+
+
+def requested_wait(value: bytes | None) -> float | None:
+    """The seconds a client allows the host to queue its request (``x-meshd-wait``), if it says."""
+    if value is None:
+        return None
+    try:
+        wait = float(value.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return wait if 0 <= wait <= 3600 else None
 
 
 @attrs.define
 class BackendStats:
     requests: int = 0
+    #: Requests answered busy (no slot within their wait).
     rejected_busy: int = 0
+    #: Requests that waited for a slot.
+    queued: int = 0
     failed: int = 0
-    inflight: int = 0
+    #: Responses relayed whole.
+    served: int = 0
+    timeouts: int = 0
 
 
 class Backend:
-    """An OpenAI-compatible server this host relays tunnel requests to."""
+    """An OpenAI-compatible server this host relays tunnel requests to, with its slots.
+
+    A slot is held from the moment a request may go to the backend until its response is complete
+    (not until the backend closes). Requests over the limit wait in a bounded FIFO for their wait time.
+    """
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, url: str, max_inflight: int = DEFAULT_BACKEND_INFLIGHT) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        max_inflight: int | None = None,
+        queue_timeout: float = DEFAULT_BACKEND_QUEUE_TIMEOUT,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"backend URL must be http(s)://host[:port], got {url!r}")
@@ -81,9 +145,37 @@ class Backend:
         self.host = parts.hostname
         self.port = parts.port or (443 if self.tls else 80)
         self.base_path = parts.path.rstrip("/")
-        self.max_inflight = max_inflight
+        #: Where the limit came from: ``flag``, ``default``, or what the backend said of itself.
+        self.limit_source = "flag" if max_inflight is not None else "default"
+        self.slots = ConcurrencyLimiter(max_inflight or DEFAULT_BACKEND_INFLIGHT, queue_timeout)
         self.stats = BackendStats()
+        self.clock = reactor
         self._reactor = reactor
+        self._waiters: dict[int, tuple[Callable[[], None], Callable[[], None], Any]] = {}
+        self._next_token = 0
+
+    @property
+    def max_inflight(self) -> int:
+        return self.slots.max_inflight
+
+    @property
+    def inflight(self) -> int:
+        return self.slots.inflight
+
+    def learned_limit(self, limit: int, source: str) -> None:
+        """The backend said how many requests it serves at once; the flag, when given, still wins."""
+        if self.limit_source == "flag" or limit == self.slots.max_inflight:
+            return
+        self._log.info(
+            "backend {url} serves {n} requests at once ({source}); using that as the host's limit",
+            url=self.url,
+            n=limit,
+            source=source,
+            event="backend_limit",
+        )
+        self.limit_source = source
+        for token in self.slots.set_limit(limit):
+            self._grant(token)
 
     @property
     def host_header(self) -> bytes:
@@ -91,16 +183,57 @@ class Backend:
         host = self.host if ":" not in self.host else f"[{self.host}]"
         return (host if self.port == default else f"{host}:{self.port}").encode("idna")
 
-    def try_acquire(self) -> bool:
-        if self.stats.inflight >= self.max_inflight:
+    # slots ---------------------------------------------------------------------------------------
+
+    def request_slot(
+        self, granted: Callable[[], None], expired: Callable[[], None], wait: float | None
+    ) -> tuple[Admission, int]:
+        """Take a slot now (``ADMIT``), queue for one (``QUEUED``: ``granted`` or ``expired`` is called
+        later; the token is for ``cancel``), or ``REJECT`` (busy). ``wait`` caps the queueing time."""
+        self._next_token += 1
+        token = self._next_token
+        now = float(self.clock.seconds())
+        admission, deadline = self.slots.admit(token, now, wait)
+        if admission is Admission.ADMIT:
+            self.stats.requests += 1
+        elif admission is Admission.REJECT:
             self.stats.rejected_busy += 1
-            return False
-        self.stats.inflight += 1
-        self.stats.requests += 1
-        return True
+        else:
+            self.stats.queued += 1
+            timer = self.clock.callLater(max(0.0, deadline - now), self._expire)
+            self._waiters[token] = (granted, expired, timer)
+        return admission, token
+
+    def cancel(self, token: int) -> None:
+        waiter = self._waiters.pop(token, None)
+        self.slots.withdraw(token)
+        if waiter is not None and waiter[2].active():
+            waiter[2].cancel()
 
     def release(self) -> None:
-        self.stats.inflight = max(0, self.stats.inflight - 1)
+        token = self.slots.release()
+        if token is not None:
+            self._grant(token)
+
+    def _grant(self, token: int) -> None:
+        waiter = self._waiters.pop(token, None)
+        if waiter is None:  # pragma: no cover - queued tokens always have a waiter
+            self.release()
+            return
+        granted, _, timer = waiter
+        if timer.active():
+            timer.cancel()
+        self.stats.requests += 1
+        granted()
+
+    def _expire(self) -> None:
+        for token in self.slots.expired(float(self.clock.seconds())):
+            waiter = self._waiters.pop(token, None)
+            if waiter is not None:
+                self.stats.rejected_busy += 1
+                waiter[1]()
+
+    # connections ---------------------------------------------------------------------------------
 
     def connect(self, protocol: TxProtocol) -> Deferred[Any]:
         endpoint: Any
@@ -118,11 +251,12 @@ class Backend:
 
     def render(self, request: ParsedRequest) -> bytes:
         target = self.base_path.encode() + request.target if self.base_path else request.target
-        return render_request(request.method, target, request.headers, request.body, host=self.host_header)
+        headers = [(k, v) for k, v in request.headers if not k.lower().startswith(b"x-meshd-")]
+        return render_request(request.method, target, headers, request.body, host=self.host_header)
 
 
 class _BackendRelay(TxProtocol):
-    """Backend TCP connection: writes the request, pipes the raw response into the stream."""
+    """Backend TCP connection: writes the request, hands the raw response to the tunnel."""
 
     def __init__(self, tunnel: HostTunnel, request_bytes: bytes) -> None:
         self.tunnel = tunnel
@@ -140,32 +274,77 @@ class _BackendRelay(TxProtocol):
         self.tunnel.backend_closed(reason)
 
 
+class TunnelState(enum.Enum):
+    READING = "reading"  # the request is arriving
+    QUEUED = "queued"  # waiting for a backend slot
+    CONNECTING = "connecting"  # holds a slot; dialling the backend
+    RELAYING = "relaying"  # the backend's response flows to the stream
+    DONE = "done"  # answered, failed or gone; the slot (if any) is free
+
+
+@implementer(IPushProducer)
+class _ReaderWatch:
+    """The producer registered on the stream: passes pause/resume to the backend socket, and gives up
+    on a peer that stopped reading for ``STALLED_READER_TIMEOUT`` (so no slot is held forever)."""
+
+    def __init__(self, tunnel: HostTunnel, transport: Any) -> None:
+        self.tunnel = tunnel
+        self.transport = transport
+        self.timer: Any = None
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+        if self.timer is None:
+            self.timer = self.tunnel.clock.callLater(STALLED_READER_TIMEOUT, self.tunnel.reader_stalled)
+
+    def resumeProducing(self) -> None:
+        self.cancel()
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.cancel()
+        self.transport.stopProducing()
+
+    def cancel(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+
 class HostTunnel:
     """Receiver of one inbound TUNNEL_HTTP stream on a host (after the 0x04 type byte).
 
-    Reads exactly one request (limits of §6.5; 400/413/431 answered in OpenAI's error shape), relays
-    it to the backend with ``Connection: close`` and streams the raw response back with
-    backpressure; FINs the stream when the backend closes. A stream reset by the client aborts the
-    backend request.
+    Reads exactly one request (limits of §6.5; 400/408/413/431 answered in OpenAI's error shape), waits
+    for a backend slot (bounded; ``503`` with ``x-meshd-busy`` when none frees in time), relays the
+    request with ``Connection: close`` and streams the raw response back with backpressure. The response
+    is complete at the end of its framing: then the stream is FINed and the slot freed at once. A stream
+    reset by the client (or STOP_SENDING) aborts the backend request; a response cut short resets the
+    stream. Every wait has a deadline: the request's arrival, the backend's first byte, a stalled reader.
     """
 
     _log = Logger()
 
-    def __init__(self, stream: TunnelStream, backend: Backend, peer: str = "?") -> None:
+    def __init__(self, stream: TunnelStream, backend: Backend, peer: str = "?", clock: Any = None) -> None:
         self.stream = stream
         self.backend = backend
         self.peer = peer
+        self.clock = clock if clock is not None else backend.clock
+        self.state = TunnelState.READING
         self._parser = RequestParser()
+        self._framer: ResponseFramer | None = None
         self._relay: _BackendRelay | None = None
-        self._acquired = False
-        self._finished = False
-        self._stream_gone = False
+        self._watch: _ReaderWatch | None = None
+        self._holds_slot = False
+        self._queue_token: int | None = None
+        self._request_bytes = b""
         self._sent_bytes = 0
+        self._timer: Any = None
+        self._arm(REQUEST_READ_TIMEOUT, self._request_timeout)
 
     # stream receiver -----------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._parser.request is not None or self._finished:
+        if self.state is not TunnelState.READING:
             return  # one request per stream; anything after it is ignored
         try:
             request = self._parser.feed(data)
@@ -176,7 +355,7 @@ class HostTunnel:
             self._start(request)
 
     def eofReceived(self) -> None:
-        if self._parser.request is not None or self._finished:
+        if self.state is not TunnelState.READING:
             return
         try:
             request = self._parser.feed_eof()
@@ -186,39 +365,71 @@ class HostTunnel:
         self._start(request)
 
     def connectionLost(self, reason: Failure) -> None:
-        self._stream_gone = True
-        if self._relay is not None and self._relay.transport is not None and not self._finished:
+        if self.state in (TunnelState.CONNECTING, TunnelState.RELAYING):
             self._log.info(
                 "tunnel from {peer} went away; aborting backend request", peer=self.peer, event="tunnel_cancelled"
             )
-            self._relay.transport.abortConnection()  # type: ignore[attr-defined]
-        self._done()
+        self._finish()
 
-    # backend side -----------------------------------------------------------------------------
+    # the request ---------------------------------------------------------------------------------
 
     def _start(self, request: ParsedRequest) -> None:
-        if not self.backend.try_acquire():
-            # Busy: drop the stream at once so the client fails over to another host.
-            self._log.info(
-                "backend busy ({n} in flight); dropping tunnel from {peer}",
-                n=self.backend.stats.inflight,
-                peer=self.peer,
-                event="tunnel_busy",
-            )
-            self._finished = True
-            self.stream.loseWriteConnection()
-            return
-        self._acquired = True
+        self._disarm()
         try:
-            raw = self.backend.render(request)
+            self._request_bytes = self.backend.render(request)
         except HTTPWireError as e:
             self._answer_error(e.status, e.message, e.code)
             return
-        self._relay = _BackendRelay(self, raw)
+        self._framer = ResponseFramer(request.method)
+        wait = requested_wait(request.header(WAIT_HEADER))
+        admission, token = self.backend.request_slot(self._slot_granted, self._slot_expired, wait)
+        if admission is Admission.ADMIT:
+            self._holds_slot = True
+            self._connect()
+        elif admission is Admission.REJECT:
+            self._answer_busy()
+        else:
+            self.state = TunnelState.QUEUED
+            self._queue_token = token
+
+    def _slot_granted(self) -> None:
+        self._queue_token = None
+        self._holds_slot = True
+        if self.state is not TunnelState.QUEUED:  # pragma: no cover - a gone tunnel withdrew itself
+            self._finish()
+            return
+        self._connect()
+
+    def _slot_expired(self) -> None:
+        self._queue_token = None
+        self._answer_busy()
+
+    def _answer_busy(self) -> None:
+        self._log.debug(
+            "backend busy ({n}/{max} in flight); answering busy to {peer}",
+            n=self.backend.inflight,
+            max=self.backend.max_inflight,
+            peer=self.peer,
+            event="tunnel_busy",
+        )
+        self._answer_error(
+            503,
+            f"host busy: its backend is serving {self.backend.max_inflight} requests; retry shortly",
+            "server_busy",
+            "server_error",
+            extra={BUSY_HEADER.decode(): "1", "retry-after": "1"},
+        )
+
+    def _connect(self) -> None:
+        self.state = TunnelState.CONNECTING
+        self._relay = _BackendRelay(self, self._request_bytes)
+        self._arm(BACKEND_FIRST_BYTE_TIMEOUT, self._first_byte_timeout)
         d = self.backend.connect(self._relay)
         d.addErrback(self._connect_failed)
 
     def _connect_failed(self, failure: Failure) -> None:
+        if self.state is TunnelState.DONE:
+            return
         self.backend.stats.failed += 1
         self._log.warn(
             "backend {url} unreachable: {err}",
@@ -228,51 +439,155 @@ class HostTunnel:
         )
         self._answer_error(503, "llama backend unavailable", "service_unavailable", "server_error")
 
+    # backend side -----------------------------------------------------------------------------
+
     def backend_connected(self, relay: _BackendRelay) -> None:
-        if self._stream_gone:
-            assert relay.transport is not None
+        assert relay.transport is not None
+        if self.state is not TunnelState.CONNECTING:
             relay.transport.abortConnection()  # type: ignore[attr-defined]
             return
-        self.stream.registerProducer(relay.transport, True)
+        self.state = TunnelState.RELAYING
+        self._watch = _ReaderWatch(self, relay.transport)
+        self.stream.registerProducer(self._watch, True)
 
     def backend_data(self, data: bytes) -> None:
-        if not self._stream_gone:
-            self._sent_bytes += len(data)
-            self.stream.write(data)
+        if self.state is not TunnelState.RELAYING or self._framer is None:
+            return
+        if self._sent_bytes == 0:
+            self._disarm()  # the backend started answering
+        try:
+            out = self._framer.feed(data)
+        except HTTPWireError as e:
+            self._backend_broke(str(e))
+            return
+        if out:
+            self._sent_bytes += len(out)
+            self.stream.write(out)
+        if self._framer.done:
+            self._complete()
 
     def backend_closed(self, reason: Failure) -> None:
-        if self._stream_gone:
-            self._done()
+        if self.state is not TunnelState.RELAYING:
+            if self.state is TunnelState.CONNECTING:
+                self._backend_broke(f"backend closed the connection: {reason.getErrorMessage()}")
             return
-        self.stream.unregisterProducer()
-        if not reason.check(ConnectionDone):
-            self.backend.stats.failed += 1
-            if self._sent_bytes == 0:
-                self._answer_error(502, "backend failed before responding", "bad_gateway", "server_error")
-            else:
-                # A response cut short must not look complete: reset rather than FIN.
-                self._finished = True
-                self.stream.reset(1)
-                self._done()
+        assert self._framer is not None
+        try:
+            self._framer.feed_eof()
+        except HTTPWireError as e:
+            self._backend_broke(str(e))
             return
-        self._finished = True
+        if not reason.check(ConnectionDone) and self._framer.until_close:
+            self._backend_broke(f"backend connection lost: {reason.getErrorMessage()}")
+            return
+        self._complete()
+
+    def _complete(self) -> None:
+        """The response is whole: FIN the stream, close the backend connection, free the slot."""
+        self.backend.stats.served += 1
+        self._unregister()
         self.stream.loseWriteConnection()
-        self._done()
+        self._finish(close_backend=True)
+
+    def _backend_broke(self, why: str) -> None:
+        self.backend.stats.failed += 1
+        if self._sent_bytes == 0:
+            self._log.info("backend failed before responding: {why}", why=why, event="backend_failed")
+            self._answer_error(502, f"backend failed before responding: {why}", "bad_gateway", "server_error")
+            return
+        # A response cut short must not look complete: reset rather than FIN.
+        self._log.info("backend response cut short: {why}", why=why, event="backend_failed")
+        self._unregister()
+        self.stream.reset(RESET_TRUNCATED)
+        self._finish()
+
+    # deadlines ------------------------------------------------------------------------------------
+
+    def _arm(self, secs: float, fn: Callable[[], None]) -> None:
+        self._disarm()
+        self._timer = self.clock.callLater(secs, fn)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _request_timeout(self) -> None:
+        self._timer = None
+        self._answer_error(408, f"request not received within {REQUEST_READ_TIMEOUT:g}s", "request_timeout")
+
+    def _first_byte_timeout(self) -> None:
+        self._timer = None
+        self.backend.stats.timeouts += 1
+        self._log.info(
+            "backend {url} sent nothing within {secs:g}s; giving up",
+            url=self.backend.url,
+            secs=BACKEND_FIRST_BYTE_TIMEOUT,
+            event="backend_timeout",
+        )
+        self._answer_error(
+            504, f"backend sent nothing within {BACKEND_FIRST_BYTE_TIMEOUT:g}s", "backend_timeout", "server_error"
+        )
+
+    def reader_stalled(self) -> None:
+        if self._watch is not None:
+            self._watch.timer = None
+        if self.state is not TunnelState.RELAYING:
+            return
+        self.backend.stats.timeouts += 1
+        self._log.info(
+            "tunnel from {peer} read nothing for {secs:g}s; dropping it",
+            peer=self.peer,
+            secs=STALLED_READER_TIMEOUT,
+            event="tunnel_stalled",
+        )
+        self._unregister()
+        self.stream.reset(RESET_TRUNCATED)
+        self._finish()
 
     # helpers ----------------------------------------------------------------------------------
 
-    def _answer_error(self, status: int, message: str, code: str, type_: str = "invalid_request_error") -> None:
-        if self._finished or self._stream_gone:
+    def _answer_error(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        type_: str = "invalid_request_error",
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        if self.state is TunnelState.DONE:
             return
-        self._finished = True
-        reasons = {400: "Bad Request", 413: "Payload Too Large", 431: "Request Header Fields Too Large"}
-        reasons.update({502: "Bad Gateway", 503: "Service Unavailable"})
+        self._unregister()
         body = openai_error_body(message, type_, code)
-        self.stream.write(http_response(status, reasons.get(status, "Error"), body))
+        self.stream.write(http_response(status, body, extra=extra))
         self.stream.loseWriteConnection()
-        self._done()
+        self._finish()
 
-    def _done(self) -> None:
-        if self._acquired:
-            self._acquired = False
+    def _unregister(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+            self.stream.unregisterProducer()
+
+    def _finish(self, close_backend: bool = False) -> None:
+        """End of this tunnel: every timer off, the backend connection closed, the slot free."""
+        if self.state is TunnelState.DONE:
+            return
+        was = self.state
+        self.state = TunnelState.DONE
+        self._disarm()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if self._queue_token is not None:
+            self.backend.cancel(self._queue_token)
+            self._queue_token = None
+        relay = self._relay
+        if relay is not None and relay.transport is not None and was in (TunnelState.CONNECTING, TunnelState.RELAYING):
+            if close_backend:
+                relay.transport.loseConnection()
+            else:
+                relay.transport.abortConnection()  # type: ignore[attr-defined]
+        if self._holds_slot:
+            self._holds_slot = False
             self.backend.release()

@@ -7,6 +7,7 @@ the ordered hosts for a model). Rules and numbers: MESH_PROTOCOL.md §5.5, §5.7
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import attrs
@@ -23,6 +24,13 @@ DEAD_TTL_SECS = 300.0
 HEARTBEAT_STRIKES = 2
 #: Demand entries older than this are forgotten (mesh-llm HEAD DEMAND_TTL_SECS).
 DEMAND_TTL_SECS = 86_400
+#: Bounds of the demand table (0.76's ingest caps: 256 names of at most 512 bytes).
+MAX_DEMAND_ENTRIES = 256
+MAX_MODEL_NAME_BYTES = 512
+#: Models ever seen served in the mesh, remembered this long and at most this many (a name never seen
+#: is a typo: 404 at once; a known one with no live host: 503 and retry).
+KNOWN_MODEL_TTL_SECS = 86_400
+MAX_KNOWN_MODELS = 1024
 
 _U64 = (1 << 64) - 1
 
@@ -36,6 +44,9 @@ class PeerEntry:
     strikes: int = 0
     rtt_ms: float | None = None
     path: str | None = None  # "direct" or "relay" while a connection is up
+    #: A gossip exchange with this peer itself has completed (either side began it): it admitted us and
+    #: we admitted it. Peers only mentioned by others are known, not admitted (0.76 §2.2): never routed to.
+    admitted: bool = False
 
     @property
     def endpoint_id(self) -> bytes:
@@ -102,6 +113,7 @@ class MeshState:
         self.peers: dict[bytes, PeerEntry] = {}
         self.dead: dict[bytes, float] = {}
         self.demand: dict[str, DemandEntry] = {}
+        self.known_models: OrderedDict[str, float] = OrderedDict()
         self.version = 0  # bumped on every visible change (drives /api/events)
 
     # -- gossip --------------------------------------------------------------------------------
@@ -126,12 +138,17 @@ class MeshState:
                     updated = True
                 entry.last_direct = now
                 entry.strikes = 0
+                if not entry.admitted:
+                    entry.admitted = True
+                    updated = True
+                self.note_models(info.served_models, now)
                 if info.mesh_id and self.mesh_id is None:
                     self.mesh_id = adopted = info.mesh_id
                 self._merge_demand(info.demand)
                 continue
             if self._is_dead(pid, now):
                 continue
+            self.note_models(info.served_models, now)
             if entry is None:
                 self.peers[pid] = PeerEntry(info=info, first_seen=now, last_mention=now)
                 new.append(pid)
@@ -150,8 +167,31 @@ class MeshState:
         return [e.info for e in self.peers.values() if now - e.last_heard() < STALE_SECS]
 
     def is_admitted(self, peer_id: bytes) -> bool:
-        """Admission = present in the peer table (direct gossip or a transitive mention)."""
-        return peer_id in self.peers
+        """Admitted = a gossip exchange with the peer itself completed (0.76 §2.2: a transitive mention
+        makes a peer known, not admitted)."""
+        entry = self.peers.get(peer_id)
+        return entry is not None and entry.admitted
+
+    # -- models ever seen ----------------------------------------------------------------------
+
+    def note_models(self, names: Iterable[str], now: float) -> None:
+        """Remember models seen served (by a peer, or by this host's own backend)."""
+        for name in names:
+            if not name or len(name.encode("utf-8")) > MAX_MODEL_NAME_BYTES:
+                continue
+            self.known_models[name] = now
+            self.known_models.move_to_end(name)
+        while len(self.known_models) > MAX_KNOWN_MODELS:
+            self.known_models.popitem(last=False)
+
+    def is_known_model(self, name: str, now: float) -> bool:
+        seen = self.known_models.get(name)
+        if seen is None:
+            return False
+        if now - seen >= KNOWN_MODEL_TTL_SECS:
+            del self.known_models[name]
+            return False
+        return True
 
     # -- liveness ------------------------------------------------------------------------------
 
@@ -213,10 +253,11 @@ class MeshState:
     # -- routing -------------------------------------------------------------------------------
 
     def hosts(self) -> list[PeerEntry]:
-        return [e for e in self.peers.values() if e.info.role is Role.HOST]
+        """Admitted HOST peers: the only ones requests are routed to."""
+        return [e for e in self.peers.values() if e.info.role is Role.HOST and e.admitted]
 
     def routable_models(self) -> dict[str, list[bytes]]:
-        """Model name -> ids of HOST peers that route it (hosted_models if known, else serving)."""
+        """Model name -> ids of admitted HOST peers that route it (hosted_models if known, else serving)."""
         out: dict[str, list[bytes]] = {}
         for entry in self.hosts():
             for model in entry.info.served_models:
@@ -235,15 +276,22 @@ class MeshState:
     # -- demand --------------------------------------------------------------------------------
 
     def record_request(self, model: str | None, now: float) -> None:
-        if not model or model in EXCLUDED_DEMAND_MODELS:
+        """Demand from our own API, for models the mesh knows (a typo is not demand for a model)."""
+        if not model or model in EXCLUDED_DEMAND_MODELS or not self.is_known_model(model, now):
             return
         old = self.demand.get(model)
         count = 1 if old is None else old.request_count + 1
         self.demand[model] = DemandEntry(model, int(now), count)
+        self._bound_demand()
+
+    def _bound_demand(self) -> None:
+        if len(self.demand) > MAX_DEMAND_ENTRIES:
+            newest = sorted(self.demand.values(), key=lambda d: d.last_active, reverse=True)
+            self.demand = {d.model_name: d for d in newest[:MAX_DEMAND_ENTRIES]}
 
     def _merge_demand(self, entries: Iterable[DemandEntry]) -> None:
-        for d in entries:
-            if d.model_name in EXCLUDED_DEMAND_MODELS:
+        for d in list(entries)[:MAX_DEMAND_ENTRIES]:
+            if d.model_name in EXCLUDED_DEMAND_MODELS or len(d.model_name.encode("utf-8")) > MAX_MODEL_NAME_BYTES:
                 continue
             old = self.demand.get(d.model_name)
             if old is None:
@@ -254,6 +302,7 @@ class MeshState:
                     max(old.last_active, d.last_active),
                     max(old.request_count, d.request_count),
                 )
+        self._bound_demand()
 
     def live_demand(self, now: float) -> list[DemandEntry]:
         return [d for d in self.demand.values() if now - d.last_active < DEMAND_TTL_SECS]

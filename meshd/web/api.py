@@ -32,7 +32,7 @@ class APIApp:
     def __init__(self, node: Node, reactor: Any = None, gate: Gate | None = None) -> None:
         self.node = node
         clock = reactor if reactor is not None else node._reactor
-        self.proxy = MeshProxy(node, clock)
+        self.proxy = MeshProxy(node, clock, busy_wait=node.config.queue_timeout)
         self.metrics = Metrics(node, self.proxy) if node.config.metrics else None
         self.gate = gate if gate is not None else Gate.from_config(node.config, clock, self.metrics)
         if self.metrics is not None:

@@ -11,7 +11,6 @@ concurrent streams per caller (429), the process-wide in-flight cap (queue, then
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 import ipaddress
@@ -33,6 +32,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from meshd.concurrency import Admission, ConcurrencyLimiter
 from meshd.web.errors import json_body, openai_error
 
 if TYPE_CHECKING:
@@ -59,8 +59,6 @@ ROUTES = (
 )
 #: Seconds a busy (503) caller is told to wait.
 BUSY_RETRY_AFTER = 2
-#: Waiters queued for an in-flight slot, per allowed slot (the queue is bounded).
-QUEUE_PER_SLOT = 4
 #: Callers whose request buckets are kept (least recently seen are forgotten first).
 MAX_CALLERS = 10_000
 #: Status recorded for a request whose caller went away before the response ended (nginx's).
@@ -297,59 +295,6 @@ class StreamLimiter:
             self._active.pop(caller, None)
 
 
-class Admission(enum.Enum):
-    ADMIT = "admit"
-    QUEUED = "queued"
-    REJECT = "reject"
-
-
-class ConcurrencyLimiter:
-    """The process-wide in-flight cap (0 = unlimited) with a bounded FIFO of short-lived waiters.
-
-    ``admit`` either takes a slot, queues the waiter until ``now + queue_timeout``, or rejects;
-    ``release`` frees a slot or hands it straight to the oldest waiter (returned; it now holds the
-    slot); ``withdraw`` removes a waiter that timed out or went away.
-    """
-
-    def __init__(self, max_inflight: int, queue_timeout: float, max_queue: int | None = None) -> None:
-        self.max_inflight = max_inflight
-        self.queue_timeout = queue_timeout
-        self.max_queue = max_queue if max_queue is not None else max_inflight * QUEUE_PER_SLOT
-        self.inflight = 0
-        self._queue: OrderedDict[int, float] = OrderedDict()
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
-    def admit(self, token: int, now: float) -> tuple[Admission, float]:
-        """(decision, deadline); the deadline matters only for QUEUED."""
-        if self.max_inflight <= 0 or (self.inflight < self.max_inflight and not self._queue):
-            self.inflight += 1
-            return Admission.ADMIT, now
-        if self.queue_timeout <= 0 or len(self._queue) >= self.max_queue:
-            return Admission.REJECT, now
-        deadline = now + self.queue_timeout
-        self._queue[token] = deadline
-        return Admission.QUEUED, deadline
-
-    def release(self) -> int | None:
-        if self._queue:
-            token, _ = self._queue.popitem(last=False)
-            return token
-        self.inflight = max(0, self.inflight - 1)
-        return None
-
-    def withdraw(self, token: int) -> bool:
-        return self._queue.pop(token, None) is not None
-
-    def expired(self, now: float) -> list[int]:
-        gone = [t for t, deadline in self._queue.items() if deadline <= now]
-        for t in gone:
-            del self._queue[t]
-        return gone
-
-
 # -- CORS ------------------------------------------------------------------------------------------
 
 
@@ -402,13 +347,18 @@ class CORSPolicy:
 # -- readiness, callers, request shape ------------------------------------------------------------
 
 
-def readiness(node_state: str, models: Iterable[str], own_models: Iterable[str] = ()) -> tuple[int, dict[str, Any]]:
+def readiness(
+    node_state: str, models: Iterable[str], own_models: Iterable[str] = (), backend_problem: str | None = None
+) -> tuple[int, dict[str, Any]]:
     """``/ready``: 200 when joined with at least one routable model, or when this host's own backend
-    serves a model (a host that started its own mesh is ready alone); else 503 with the reason."""
+    serves a model (a host that started its own mesh is ready alone); else 503 with the reason (a host's
+    own backend being down comes first: it is what the operator can fix)."""
     own = sorted(set(own_models))
     names = sorted(set(models) | set(own))
     if own:
         return 200, {"status": "ready", "node_state": node_state, "models": names}
+    if backend_problem is not None and (node_state != "joined" or not names):
+        return 503, {"status": "not_ready", "reason": backend_problem, "node_state": node_state}
     if node_state != "joined":
         return 503, {"status": "not_ready", "reason": f"node state is {node_state}", "node_state": node_state}
     if not names:
@@ -418,7 +368,11 @@ def readiness(node_state: str, models: Iterable[str], own_models: Iterable[str] 
 
 def ready_response(request: IRequest, node: Node) -> bytes:
     own = node.hosted_models if node.serves_locally(None) else ()
-    code, payload = readiness(node.state.value, node.mesh.routable_models(), own)
+    backend = node.status_extras["backend"]() if "backend" in node.status_extras else None
+    problem = None
+    if backend is not None and not backend["healthy"]:
+        problem = f"backend {backend['url']} is down: {backend['last_error'] or 'no answer yet'}"
+    code, payload = readiness(node.state.value, node.mesh.routable_models(), own, problem)
     request.setHeader(b"cache-control", b"no-cache")
     return json_body(request, code, payload)
 
@@ -491,7 +445,8 @@ class Gate:
         *,
         keys: APIKeys | None = None,
         max_inflight: int = 0,
-        queue_timeout: float = 2.0,
+        queue_timeout: float = 30.0,
+        max_queue: int | None = None,
         rate_limit_rpm: int = 0,
         rate_limit_streams: int = 0,
         trust_proxy: bool = False,
@@ -500,7 +455,7 @@ class Gate:
     ) -> None:
         self.clock = clock
         self.keys = keys or APIKeys()
-        self.concurrency = ConcurrencyLimiter(max_inflight, queue_timeout)
+        self.concurrency = ConcurrencyLimiter(max_inflight, queue_timeout, max_queue)
         self.requests = RequestRateLimiter(rate_limit_rpm) if rate_limit_rpm > 0 else None
         self.streams = StreamLimiter(rate_limit_streams) if rate_limit_streams > 0 else None
         self.trust_proxy = trust_proxy
@@ -515,6 +470,7 @@ class Gate:
             keys=APIKeys(config.api_keys, config.api_keys_file),
             max_inflight=config.max_inflight,
             queue_timeout=config.queue_timeout,
+            max_queue=config.max_queue,
             rate_limit_rpm=config.rate_limit_rpm,
             rate_limit_streams=config.rate_limit_streams,
             trust_proxy=config.trust_proxy,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,7 @@ from meshd.httpwire import (
 from meshd.mesh.state import sticky_order
 from meshd.node import Node
 from meshd.quic import QuicStream
+from meshd.tunnel import BUSY_HEADER, WAIT_HEADER
 from meshd.web.errors import openai_error
 from meshd.web.http import abort_response, unregister_producer
 
@@ -46,11 +48,26 @@ FIRST_BYTE_TIMEOUT = 300.0
 #: With no packet at all from the host for this long after the request went out, try the next one.
 SILENT_HOST_SECS = 3.0
 TUNNEL_OPEN_TIMEOUT = 10.0
+#: How long a request waits for a busy host to free a slot (``--queue-timeout`` sets it).
+DEFAULT_BUSY_WAIT = 30.0
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server"}
+#: Caller credentials never leave this node (mesh-llm 0.76 strips the same four; 076 §9.3), and callers
+#: may not speak meshd's host-to-host headers.
+_NEVER_FORWARDED = frozenset({b"authorization", b"proxy-authorization", b"x-api-key", b"api-key"})
+#: Model names are echoed in error messages only this long.
+MAX_ECHOED_NAME = 120
+#: At most this many served models are listed in a model_not_found message.
+MAX_LISTED_MODELS = 20
+#: The codes a request refused by the mesh side can end with (kept distinct in bodies and metrics).
+REFUSAL_CODES = ("server_busy", "all_hosts_failed", "no_hosts", "model_not_available", "model_not_found")
 
 
 class TryNextHost(Exception):
     """This host failed before anything reached the caller."""
+
+
+class HostBusy(TryNextHost):
+    """The host answered busy (every backend slot taken): not a failure; wait or try another host."""
 
 
 class Upstream:
@@ -209,12 +226,23 @@ class Upstream:
 class MeshProxy:
     _log = Logger()
 
-    def __init__(self, node: Node, reactor: Any, first_byte_timeout: float = FIRST_BYTE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        node: Node,
+        reactor: Any,
+        first_byte_timeout: float = FIRST_BYTE_TIMEOUT,
+        busy_wait: float = DEFAULT_BUSY_WAIT,
+    ) -> None:
         self.node = node
         self._reactor = reactor
         self.first_byte_timeout = first_byte_timeout
+        self.busy_wait = busy_wait
         self.failovers = 0
         self.tunnel_failures = 0
+        #: Hosts that answered busy (each answer once).
+        self.busy_replies = 0
+        #: Requests the mesh side refused, by code (REFUSAL_CODES).
+        self.refusals: Counter[str] = Counter({code: 0 for code in REFUSAL_CODES})
 
     def _watch_silence(self, stream: QuicStream, upstream: Upstream) -> LoopingCall:
         """Fail the attempt early when the host sends nothing at all (not even the QUIC ACK for our
@@ -252,9 +280,15 @@ class MeshProxy:
                 "invalid_request_error",
                 code="invalid_json",
             )
+        if parsed is not None and parsed is not _NOT_JSON:
+            shape_error = _shape_error(parsed)
+            if shape_error is not None:
+                message, param = shape_error
+                return openai_error(request, 400, message, "invalid_request_error", "invalid_value", param)
         model = model_of(parsed)
         mesh = self.node.mesh
-        mesh.record_request(model, self.node.now())
+        now = self.node.now()
+        mesh.record_request(model, now)
         try:
             exclude = parse_peer_ids(request.getHeader(b"x-mesh-exclude"), many=True)
             target = parse_peer_ids(request.getHeader(b"x-mesh-target"), many=False)
@@ -270,74 +304,132 @@ class MeshProxy:
                     return openai_error(
                         request,
                         409,
-                        f"x-mesh-target {target[0]} does not serve model {model!r} (or was excluded)",
+                        f"x-mesh-target {target[0]} does not serve model {_echo(model)} (or was excluded)",
                         "invalid_request_error",
                         code="target_not_available",
                         param="x-mesh-target",
                     )
                 hosts = chosen[:1]
             if not hosts:
-                return openai_error(
+                if model in self.node.hosted_models or mesh.is_known_model(model, now):
+                    return self._refuse(
+                        request,
+                        503,
+                        f"model {_echo(model)} is not currently available in the mesh; retry later",
+                        "model_not_available",
+                        param="model",
+                        retry_after="5",
+                    )
+                served = sorted(set(mesh.routable_models()) | set(self.node.hosted_models))
+                listed = ", ".join(_echo(m) for m in served[:MAX_LISTED_MODELS])
+                more = f" and {len(served) - MAX_LISTED_MODELS} more" if len(served) > MAX_LISTED_MODELS else ""
+                return self._refuse(
                     request,
-                    503,
-                    f"model {model!r} is not currently available in the mesh; retry later",
-                    "server_error",
-                    code="model_not_available",
+                    404,
+                    f"The model {_echo(model)} does not exist in this mesh. "
+                    + (f"It serves: {listed}{more}." if served else "It serves no model right now."),
+                    "model_not_found",
                     param="model",
-                    headers={"Retry-After": "5"},
+                    type_="invalid_request_error",
                 )
         else:
             hosts = _filter(local + sticky_order(mesh.any_hosts(), session_of(parsed)), exclude)
             if target:
                 hosts = [h for h in hosts if _matches(h, target[0])][:1]
             if not hosts:
-                return openai_error(
+                return self._refuse(
                     request,
                     503,
                     f"no peers serving any model (node state: {self.node.state.value})",
-                    "server_error",
-                    code="no_hosts",
-                    headers={"Retry-After": "5"},
+                    "no_hosts",
+                    retry_after="5",
                 )
-        method = request.method
-        headers = [(k, v) for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs]
-        raw = render_request(method, request.uri, headers, body)
+        headers = [
+            (k, v)
+            for k, vs in request.requestHeaders.getAllRawHeaders()
+            for v in vs
+            if k.lower() not in _NEVER_FORWARDED and not k.lower().startswith(b"x-meshd-")
+        ]
+        outgoing = _Outgoing(request.method, request.uri, headers, body)
         self.node.inflight_requests += 1
         self.node.notify_changed()
         try:
-            return await self._try_hosts(request, hosts, method, raw, model, request_id)
+            return await self._try_hosts(request, hosts, outgoing, model, request_id)
         finally:
             self.node.inflight_requests -= 1
             self.node.notify_changed()
 
-    async def _try_hosts(
-        self, request: IRequest, hosts: list[bytes], method: bytes, raw: bytes, model: str | None, request_id: str
+    def _refuse(
+        self,
+        request: IRequest,
+        status: int,
+        message: str,
+        code: str,
+        *,
+        param: str | None = None,
+        retry_after: str | None = None,
+        type_: str = "server_error",
     ) -> bytes:
+        self.refusals[code] += 1
+        headers = {"Retry-After": retry_after} if retry_after is not None else None
+        return openai_error(request, status, message, type_, code=code, param=param, headers=headers)
+
+    async def _try_hosts(
+        self, request: IRequest, hosts: list[bytes], message: _Outgoing, model: str | None, request_id: str
+    ) -> bytes:
+        """Each host once, asking busy hosts to say so at once; then, while time remains, wait at the
+        hosts that were busy (they queue the request and serve it when a slot frees)."""
+        deadline = self._reactor.seconds() + self.busy_wait
         errors: list[str] = []
+        busy: list[bytes] = []
         for i, host in enumerate(hosts):
             last = i == len(hosts) - 1
             if i:
                 self.failovers += 1
             try:
-                return await self._attempt(request, host, method, raw, last, request_id)
+                return await self._attempt(request, host, message.method, message.render(0.0), last, request_id)
+            except HostBusy:
+                self.busy_replies += 1
+                busy.append(host)
             except TryNextHost as e:
-                self.tunnel_failures += 1
-                errors.append(f"{host.hex()[:10]}: {e}")
-                self._log.info(
-                    "[{request_id}] host {host} failed before responding ({err}); {next}",
-                    request_id=request_id,
-                    host=host.hex()[:10],
-                    err=str(e),
-                    next="giving up" if last else "trying the next host",
-                    event="tunnel_failover",
-                )
-        return openai_error(
+                self._note_failure(request_id, host, e, last and not busy, errors)
+        for host in busy:
+            remaining = deadline - self._reactor.seconds()
+            if remaining <= 0:
+                break
+            try:
+                return await self._attempt(request, host, message.method, message.render(remaining), True, request_id)
+            except HostBusy:
+                self.busy_replies += 1
+            except TryNextHost as e:
+                self._note_failure(request_id, host, e, host == busy[-1], errors)
+        if busy:
+            return self._refuse(
+                request,
+                503,
+                f"every host serving {_echo(model) if model else 'a model'} stayed busy for "
+                f"{self.busy_wait:g}s; retry shortly",
+                "server_busy",
+                retry_after="2",
+            )
+        return self._refuse(
             request,
             503,
-            f"all {len(hosts)} tunnel(s) to hosts for {model!r} failed: " + "; ".join(errors),
-            "server_error",
-            code="all_hosts_failed",
-            headers={"Retry-After": "5"},
+            f"all {len(hosts)} tunnel(s) to hosts for {_echo(model) if model else None} failed: " + "; ".join(errors),
+            "all_hosts_failed",
+            retry_after="5",
+        )
+
+    def _note_failure(self, request_id: str, host: bytes, e: Exception, last: bool, errors: list[str]) -> None:
+        self.tunnel_failures += 1
+        errors.append(f"{host.hex()[:10]}: {e}")
+        self._log.info(
+            "[{request_id}] host {host} failed before responding ({err}); {next}",
+            request_id=request_id,
+            host=host.hex()[:10],
+            err=str(e),
+            next="giving up" if last else "trying the next host",
+            event="tunnel_failover",
         )
 
     async def _attempt(
@@ -382,6 +474,8 @@ class MeshProxy:
                 stream.loseWriteConnection()
             else:
                 stream.reset(0)
+            if head.status == 503 and head.header(BUSY_HEADER) is not None:
+                raise HostBusy("host busy")
             if is_context_overflow(head.status, err_body) and not last:
                 raise TryNextHost(f"context overflow ({head.status})")
             request.setResponseCode(head.status)
@@ -440,6 +534,48 @@ class MeshProxy:
 
 class HostSilent(Exception):
     """The host's QUIC connection has been silent since the request went out."""
+
+
+class _Outgoing:
+    """The request as it leaves for a host: rendered per attempt with the wait the host may queue it."""
+
+    def __init__(self, method: bytes, uri: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.method = method
+        self.uri = uri
+        self.headers = headers
+        self.body = body
+
+    def render(self, wait: float) -> bytes:
+        value = b"0" if wait <= 0 else b"%.3f" % wait
+        return render_request(self.method, self.uri, [*self.headers, (WAIT_HEADER, value)], self.body)
+
+
+def _echo(name: str) -> str:
+    """A caller's model name as it appears in our messages: quoted and cut short."""
+    return repr(name if len(name) <= MAX_ECHOED_NAME else name[:MAX_ECHOED_NAME] + "...")
+
+
+def _shape_error(data: Any) -> tuple[str, str | None] | None:
+    """What is wrong with the shape of a JSON request body, if anything: (message, param)."""
+    if not isinstance(data, dict):
+        return f"the request body must be a JSON object, not {_json_type(data)}", None
+    if "model" in data and not isinstance(data["model"], str):
+        return f"'model' must be a string, not {_json_type(data['model'])}", "model"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
 
 
 def request_id_of(request: IRequest) -> str:

@@ -193,7 +193,7 @@ async def test_openai_sdk_models_chat_and_stream(tmp_path: Path, cleanup: list[A
 
 
 @pytest_twisted.ensureDeferred
-async def test_upstream_error_is_reshaped_and_unknown_model_is_503(tmp_path: Path, cleanup: list[Any]) -> None:
+async def test_upstream_error_is_reshaped_and_unknown_model_is_404(tmp_path: Path, cleanup: list[Any]) -> None:
     host, _, _ = await start_host(tmp_path / "h", cleanup, "A")
     _, base = await start_client(tmp_path / "c", cleanup, (host.token or "",))
     sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
@@ -201,10 +201,10 @@ async def test_upstream_error_is_reshaped_and_unknown_model_is_503(tmp_path: Pat
         await aio(sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "fail-400"}]))
     assert e.value.body["type"] == "invalid_request_error"  # type: ignore[index]
     assert e.value.response.headers["x-mesh-served-by"] == host.identity.endpoint_id
-    with pytest.raises(openai.InternalServerError) as e2:
+    with pytest.raises(openai.NotFoundError) as e2:
         await aio(sdk.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}]))
-    assert e2.value.status_code == 503
-    assert e2.value.body["code"] == "model_not_available"  # type: ignore[index]
+    assert e2.value.body["code"] == "model_not_found"  # type: ignore[index]
+    assert "'tiny'" in e2.value.body["message"]  # type: ignore[index]
     await aio(sdk.close())
 
 
@@ -249,7 +249,7 @@ async def test_caller_disconnect_cancels_the_backend_stream(tmp_path: Path, clea
 
     await aio(read_two())
     await wait_for(lambda: llm.cancelled == 1)
-    await wait_for(lambda: watch.backend.stats.inflight == 0)
+    await wait_for(lambda: watch.backend.inflight == 0)
     await aio(sdk.close())
 
 
@@ -358,7 +358,7 @@ async def test_a_host_serves_its_own_models_on_its_own_api(tmp_path: Path, clean
     llm.chunks, llm.delay = 100, 0.05
     assert len(await aio(stream_some(2))) == 2
     await wait_for(lambda: llm.cancelled == 1)
-    await wait_for(lambda: watch.backend.stats.inflight == 0)
+    await wait_for(lambda: watch.backend.inflight == 0)
     await aio(sdk.close())
 
 

@@ -220,12 +220,14 @@ def test_events_stream_over_the_real_site() -> None:
 
 def test_mesh_models_counts_hosts_and_demand() -> None:
     node = make_node(role=Role.HOST, serve_url="http://127.0.0.1:1")
-    node.hosted_models = ("tiny",)
     clock: Clock = node._reactor
     clock.advance(1_000_000)
+    node.set_hosted_models(("tiny",))
+    node.mesh.note_models(["wanted"], node.now() - 3600)  # served somewhere in the mesh an hour ago
     node.mesh.record_request("tiny", node.now() - 30)
     node.mesh.record_request("tiny", node.now() - 30)
     node.mesh.record_request("wanted", node.now() - 5)
+    node.mesh.record_request("wnated", node.now() - 5)  # a typo: never served here, so not a cold model
     rows = {m["name"]: m for m in mesh_models(node)}
     assert rows["tiny"]["status"] == "warm" and rows["tiny"]["node_count"] == 1
     assert rows["tiny"]["request_count"] == 2 and rows["tiny"]["last_active_secs_ago"] == 30

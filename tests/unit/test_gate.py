@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from meshd.concurrency import Admission, ConcurrencyLimiter
 from meshd.tap import Options
 from meshd.web.gate import (
-    Admission,
     APIKeys,
-    ConcurrencyLimiter,
     CORSPolicy,
     RequestRateLimiter,
     StreamLimiter,
@@ -230,6 +229,16 @@ def test_readiness_of_a_host_serving_its_own_models() -> None:
     assert code == 503
 
 
+def test_readiness_names_a_hosts_dead_backend_as_the_reason() -> None:
+    problem = "backend http://127.0.0.1:1 is down: connection refused"
+    assert readiness("standalone", [], (), problem) == (
+        503,
+        {"status": "not_ready", "reason": problem, "node_state": "standalone"},
+    )
+    # other hosts in the mesh still serve: a host whose backend is down can route to them
+    assert readiness("joined", ["a"], (), problem)[0] == 200
+
+
 def test_client_ip_trusts_proxy_headers_only_when_told() -> None:
     assert client_ip("10.0.0.1", b"1.2.3.4", b"5.6.7.8", trust_proxy=False) == "10.0.0.1"
     assert client_ip("10.0.0.1", b"1.2.3.4", b"5.6.7.8", trust_proxy=True) == "1.2.3.4"
@@ -258,16 +267,17 @@ def _config(*args: str) -> object:
 
 def test_gate_options_defaults_and_values(tmp_path: Path) -> None:
     c = _config()
-    assert (c.max_inflight, c.queue_timeout, c.rate_limit_rpm, c.rate_limit_streams) == (0, 2.0, 0, 0)  # type: ignore[attr-defined]
+    assert (c.max_inflight, c.queue_timeout, c.rate_limit_rpm, c.rate_limit_streams) == (0, 30.0, 0, 0)  # type: ignore[attr-defined]
+    assert c.max_queue is None and c.backend_max_inflight is None and c.backend_queue_timeout == 30.0  # type: ignore[attr-defined]
     assert c.cors_origins == ("*",) and not c.metrics and not c.trust_proxy  # type: ignore[attr-defined]
     f = tmp_path / "keys"
     f.write_text("sk-file\n")
     c = _config(
         "--max-inflight", "5", "--queue-timeout", "0", "--rate-limit-rpm", "60", "--rate-limit-streams", "2",
         "--trust-proxy", "--api-key", "sk-a", "--api-key", "sk-b", "--api-keys-file", str(f), "--metrics",
-        "--cors-origin", "http://a.example", "--cors-origin", "https://b.example:8443",
+        "--cors-origin", "http://a.example", "--cors-origin", "https://b.example:8443", "--max-queue", "100",
     )  # fmt: skip
-    assert c.max_inflight == 5 and c.queue_timeout == 0.0  # type: ignore[attr-defined]
+    assert c.max_inflight == 5 and c.queue_timeout == 0.0 and c.max_queue == 100  # type: ignore[attr-defined]
     assert c.rate_limit_rpm == 60 and c.rate_limit_streams == 2  # type: ignore[attr-defined]
     assert c.trust_proxy and c.metrics  # type: ignore[attr-defined]
     assert c.api_keys == ("sk-a", "sk-b") and c.api_keys_file == f  # type: ignore[attr-defined]
@@ -294,3 +304,16 @@ def test_bad_gate_options_exit_2(args: list[str]) -> None:
     with pytest.raises(SystemExit) as e:
         _config(*args)
     assert e.value.code == 2
+
+
+def test_concurrency_waiter_timeouts_and_raised_limit() -> None:
+    c = ConcurrencyLimiter(1, queue_timeout=30.0)
+    assert c.admit(1, 0.0)[0] is Admission.ADMIT
+    assert c.admit(2, 0.0, timeout=0)[0] is Admission.REJECT  # "answer busy at once" waiters never queue
+    assert c.admit(3, 0.0, timeout=5.0) == (Admission.QUEUED, 5.0)
+    assert c.admit(4, 0.0, timeout=99.0) == (Admission.QUEUED, 30.0)  # capped by the limiter's own wait
+    assert c.set_limit(2) == [3]  # a raised cap hands slots to the oldest waiters at once
+    assert c.inflight == 2 and c.queued == 1
+    assert c.set_limit(1) == []  # lowering never takes a slot back...
+    assert c.release() is None  # ...but a freed slot is not handed on while over the new cap
+    assert c.release() == 4 and c.inflight == 1

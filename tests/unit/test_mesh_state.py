@@ -74,8 +74,11 @@ def test_remote_self_entry_is_direct_and_others_transitive() -> None:
     assert out.adopted_mesh_id == "abc" and st.mesh_id == "abc"
     assert st.peers[pid(1)].last_direct == 100
     assert st.peers[pid(2)].last_direct is None and st.peers[pid(2)].last_mention == 100
-    assert st.is_admitted(pid(2))
+    # 0.76 §2.2: only a gossip exchange with the peer itself admits it; a mention makes it known
+    assert st.is_admitted(pid(1)) and not st.is_admitted(pid(2)) and pid(2) in st.peers
     assert not st.is_admitted(pid(9))
+    st.ingest_gossip(pid(2), [info(2)], now=101)
+    assert st.is_admitted(pid(2))
 
 
 def test_first_mesh_id_wins() -> None:
@@ -100,9 +103,13 @@ def test_fresh_direct_info_beats_hearsay() -> None:
     assert st.peers[pid(1)].info.served_models == ("new",)
 
 
-def test_routable_models_only_from_hosts() -> None:
+def test_routable_models_only_from_admitted_hosts() -> None:
     st = MeshState(ME, Role.CLIENT)
     st.ingest_gossip(pid(1), [info(2, models=("a", "b")), info(3, Role.CLIENT), info(1, models=("a",))], now=1)
+    # host 2 is only known through host 1: never routed to before our own gossip with it completed
+    assert st.routable_models() == {"a": [pid(1)]}
+    assert st.is_known_model("b", 1)  # ... but its model is known: 503 and retry, not 404
+    st.ingest_gossip(pid(2), [info(2, models=("a", "b"))], now=2)
     routes = st.routable_models()
     assert sorted(routes) == ["a", "b"]
     assert sorted(routes["a"]) == [pid(1), pid(2)]
@@ -161,6 +168,8 @@ def test_peer_down_reports_are_probed_only_without_recent_contact() -> None:
 
 def test_demand_counts_and_merges_by_max() -> None:
     st = MeshState(ME, Role.CLIENT)
+    st.note_models(["m"], now=99)
+    st.record_request("typo", now=100)  # a name never seen in the mesh is not demand
     st.record_request("m", now=100)
     st.record_request("m", now=105)
     st.record_request("auto", now=105)
@@ -171,6 +180,19 @@ def test_demand_counts_and_merges_by_max() -> None:
     assert (d["m"].request_count, d["m"].last_active) == (7, 105)
     assert d["x"].request_count == 1
     assert st.live_demand(200 + 86_400) == []
+
+
+def test_demand_and_known_models_are_bounded() -> None:
+    from meshd.mesh.state import MAX_DEMAND_ENTRIES, MAX_KNOWN_MODELS
+
+    st = MeshState(ME, Role.CLIENT)
+    huge = "x" * 600
+    flood = (*(DemandEntry(f"m{i}", 1000 + i, 1) for i in range(3 * MAX_DEMAND_ENTRIES)), DemandEntry(huge, 5000, 9))
+    st.ingest_gossip(pid(1), [info(1, demand=flood)], now=10)
+    assert len(st.demand) <= MAX_DEMAND_ENTRIES and huge not in st.demand
+    st.note_models([f"k{i}" for i in range(MAX_KNOWN_MODELS + 50)] + [huge], now=1)
+    assert len(st.known_models) == MAX_KNOWN_MODELS and huge not in st.known_models
+    assert st.is_known_model(f"k{MAX_KNOWN_MODELS + 49}", 2) and not st.is_known_model("k0", 2)
 
 
 def test_version_bumps_on_visible_change_only() -> None:

@@ -11,11 +11,19 @@ import itertools
 from typing import Any
 
 import h11
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.python.failure import Failure
 
-from meshd.httpwire import ChunkedScanner, RequestParser, ResponseHead, render_request
+from meshd.httpwire import (
+    ChunkedScanner,
+    RequestParser,
+    ResponseFramer,
+    ResponseHead,
+    UpstreamProtocolError,
+    render_request,
+)
 from meshd.web.proxy import Upstream
 
 
@@ -195,3 +203,45 @@ def test_chunk_scanner_finds_the_exact_end_for_any_segmentation(
         elif isinstance(ev, h11.EndOfMessage):
             break
     assert data == payload
+
+
+@settings(max_examples=300, deadline=None)
+@given(responses(), cut_lists, st.binary(max_size=40))
+def test_host_framer_relays_the_final_response_exactly_and_knows_its_end(
+    response: tuple[bytes, bytes, bytes, str], cuts: list[int], after: bytes
+) -> None:
+    raw, _payload, wire, framing = response
+    final = raw[raw.index(b"HTTP/1.", 1) :] if raw.startswith(b"HTTP/1.1 100") else raw  # 1xx cut out
+    framed = not framing.startswith("close")
+    framer = ResponseFramer(b"POST")
+    out = b""
+    for piece in split(raw + (after if framed else b""), cuts):
+        out += framer.feed(piece)
+    if framed:
+        assert framer.done  # known complete without waiting for the backend to close
+    else:
+        assert not framer.done
+        framer.feed_eof()
+        assert framer.done
+    assert out == final and out.endswith(wire)
+
+
+def test_host_framer_rejects_truncation_and_bad_heads() -> None:
+    framer = ResponseFramer()
+    framer.feed(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+    with pytest.raises(UpstreamProtocolError):
+        framer.feed_eof()
+    with pytest.raises(UpstreamProtocolError):
+        ResponseFramer().feed(b"NOT HTTP\r\n\r\n")
+    with pytest.raises(UpstreamProtocolError):
+        ResponseFramer().feed(b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n")
+    with pytest.raises(UpstreamProtocolError):
+        ResponseFramer().feed(b"HTTP/1.1 200 OK\r\n" + b"x: " + b"a" * 70_000)
+    head_only = ResponseFramer(b"HEAD")
+    assert head_only.feed(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n") and head_only.done
+
+
+@pytest.mark.parametrize("size", [b"0x5", b"+5", b"0_5", b"-0", b" 5", b"5 5", b"", b"1" * 17])
+def test_chunk_sizes_must_be_plain_hex(size: bytes) -> None:
+    with pytest.raises(UpstreamProtocolError):
+        ChunkedScanner().feed(size + b"\r\nhello\r\n0\r\n\r\n")

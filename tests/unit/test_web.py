@@ -84,8 +84,10 @@ def test_api_says_state_in_openai_envelope_before_joining() -> None:
     assert "discovering" in err["message"]
 
 
-def test_named_model_without_host_is_503_model_not_available() -> None:
-    stub = StubTreq(APIApp(make_node()).resource())
+def test_known_model_without_live_host_is_503_model_not_available() -> None:
+    node = make_node()
+    node.mesh.note_models(["ghost"], node.now())  # served in this mesh before
+    stub = StubTreq(APIApp(node).resource())
     resp = _result(stub.post("http://x/v1/chat/completions", data=b'{"model":"ghost","messages":[]}'))
     body = json.loads(_result(resp.content()))
     assert resp.code == 503
@@ -93,6 +95,31 @@ def test_named_model_without_host_is_503_model_not_available() -> None:
     assert body["error"]["code"] == "model_not_available"
     assert body["error"]["param"] == "model"
     assert "ghost" in body["error"]["message"]
+
+
+def test_model_never_seen_in_the_mesh_is_404_listing_what_it_serves() -> None:
+    node = make_node()
+    node.set_hosted_models(("tiny", "small"))  # a host: serves_locally needs a tunnel handler, so none here
+    stub = StubTreq(APIApp(node).resource())
+    name = "tiyn" + "x" * 5000
+    resp = _result(stub.post("http://x/v1/chat/completions", data=json.dumps({"model": name}).encode()))
+    body = json.loads(_result(resp.content()))
+    # a name the node hosts itself is known; the typo is not
+    assert resp.code == 404 and not resp.headers.getRawHeaders(b"retry-after")
+    err = body["error"]
+    assert (err["code"], err["type"], err["param"]) == ("model_not_found", "invalid_request_error", "model")
+    assert "small, " in err["message"].replace("'", "") and "tiny" in err["message"]
+    assert len(err["message"]) < 400  # the caller's 5 KB name is not echoed back whole
+    assert node.mesh.demand == {}  # and it is no demand for a model
+
+
+def test_bodies_that_are_not_objects_or_name_no_string_model_get_400_before_routing() -> None:
+    stub = StubTreq(APIApp(make_node()).resource())
+    for data, needle in ((b"[1, 2]", "JSON object"), (b'{"model": 5}', "'model' must be a string")):
+        resp = _result(stub.post("http://x/v1/chat/completions", data=data))
+        body = json.loads(_result(resp.content()))
+        assert resp.code == 400 and needle in body["error"]["message"], body
+        assert body["error"]["code"] == "invalid_value"
 
 
 def test_models_list_is_empty_without_hosts() -> None:
