@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +28,13 @@ from meshd.protocol.token import decode_token
 RETRY_INTERVAL = 15.0
 #: ``/api/discover`` reuses a discovery result this young.
 DISCOVER_CACHE_SECS = 30.0
+#: An on-demand Nostr pool (a node that needs Nostr only for the console's discover panel) is closed after
+#: this long without a discovery round.
+NOSTR_IDLE_SECS = 120.0
+
+
+class NostrOff(Exception):
+    """This node runs without Nostr (``--no-nostr``)."""
 
 
 def token_ok(token: str) -> bool:
@@ -38,14 +46,32 @@ def token_ok(token: str) -> bool:
 
 
 class Discovery(Service):
-    """Runs discovery for the node and remembers the last result."""
+    """Runs discovery for the node and remembers the last result.
+
+    Nostr is used only where a role needs it. With ``pool`` (``--auto``, ``--publish``) the relays are
+    always connected and the caller owns the pool's lifecycle. With ``make_pool`` (every other role) a pool
+    is made when a discovery round is asked for (the console's discover panel, ``meshd discover``) and
+    closed again after ``NOSTR_IDLE_SECS`` without use. With neither (``--no-nostr``) every round fails with
+    ``NostrOff`` and no relay is ever contacted.
+    """
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, node: Node, pool: RelayPool) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        node: Node,
+        pool: RelayPool | None = None,
+        *,
+        make_pool: Callable[[], RelayPool] | None = None,
+        idle_secs: float = NOSTR_IDLE_SECS,
+    ) -> None:
         self._reactor = reactor
         self.node = node
         self.pool = pool
+        self._make_pool = make_pool
+        self._idle_secs = idle_secs
+        self._idle_timer: IDelayedCall | None = None
         self.last: list[DiscoveredMesh] = []
         self.last_at: float | None = None
         self.last_error: str | None = None
@@ -57,14 +83,51 @@ class Discovery(Service):
 
     # -- discovery ------------------------------------------------------------------------------
 
+    @property
+    def enabled(self) -> bool:
+        return self.pool is not None or self._make_pool is not None
+
+    def relay_status(self) -> list[dict[str, Any]]:
+        """Per Nostr relay: ``url``, ``state``, ``last_error``, ``since``, ``attempts`` (empty while no
+        pool is open)."""
+        return self.pool.status() if self.pool is not None else []
+
+    def _pool(self) -> RelayPool:
+        if self.pool is None:
+            if self._make_pool is None:
+                raise NostrOff("Nostr discovery is off (--no-nostr)")
+            self.pool = self._make_pool()
+            self.pool.startService()
+            self._log.info("connecting to Nostr relays for discovery", event="nostr_on_demand")
+        if self._make_pool is not None:
+            if self._idle_timer is not None and self._idle_timer.active():
+                self._idle_timer.cancel()
+            self._idle_timer = self._reactor.callLater(self._idle_secs, self._close_idle_pool)
+        return self.pool
+
+    def _close_idle_pool(self) -> None:
+        self._idle_timer = None
+        if self.pool is None:
+            return
+        if self._running is not None:  # a round is under way: look again later
+            self._idle_timer = self._reactor.callLater(self._idle_secs, self._close_idle_pool)
+            return
+        pool, self.pool = self.pool, None
+        self.node.notify_changed()
+        maybeDeferred(pool.stopService).addErrback(lambda f: self._log.failure("closing Nostr pool", failure=f))
+
     def discover(self, mesh_filter: MeshFilter | None = None) -> Deferred[list[DiscoveredMesh]]:
         """One discovery round across every relay (callers share a round already under way)."""
+        try:
+            pool = self._pool()
+        except NostrOff as e:
+            return fail(e)
         if mesh_filter is not None:
-            return discover(self.pool, self._reactor, mesh_filter=mesh_filter, token_ok=token_ok)
+            return discover(pool, self._reactor, mesh_filter=mesh_filter, token_ok=token_ok)
         mine: Deferred[list[DiscoveredMesh]] = Deferred()
         self._waiters.append(mine)
         if self._running is None:
-            running: Deferred[Any] = discover(self.pool, self._reactor, token_ok=token_ok)
+            running: Deferred[Any] = discover(pool, self._reactor, token_ok=token_ok)
             self._running = running
             running.addBoth(self._round_done)
         return mine
@@ -98,13 +161,20 @@ class Discovery(Service):
             self._rediscovery = Rediscovery(started_at=self._reactor.seconds())
             self._schedule(0, self._auto_join)
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         if self._running is not None:
             self._running.cancel()
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+        if self._make_pool is not None and self.pool is not None:  # an on-demand pool is ours to close
+            pool, self.pool = self.pool, None
+            return maybeDeferred(pool.stopService)
+        return None
 
     def _schedule(self, delay: float, fn: Any) -> None:
         if not self.running:

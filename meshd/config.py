@@ -37,6 +37,8 @@ class Config:
     #: ``--no-console``: no console port at all.
     console_enabled: bool = True
     nostr_relays: tuple[str, ...] = DEFAULT_NOSTR_RELAYS
+    #: ``--no-nostr``: never contact a Nostr relay (no --auto, no --publish, no discover panel).
+    no_nostr: bool = False
     mesh_name: str | None = None
     region: str | None = None
     publish: bool = False

@@ -140,6 +140,7 @@ class Node(Service):
         self._stopping = False
         self._leaving: set[bytes] = set()
         self._joining = False
+        self._join_errors: dict[str, str] = {}
         self._last_rejoin = 0.0
         self._save_call: Any = None
         # --- relay path (meshd.relay): None when relays are disabled ---
@@ -307,17 +308,31 @@ class Node(Service):
                 except CancelledError:
                     raise  # the node is stopping
                 except Exception as e:
-                    self._log.warn("join failed: {err}", err=_describe(e), event="join_failed")
+                    self._join_failed(token, _describe(e))
                     continue
+                self._join_errors.pop(token, None)
                 self.joined_token = token
                 self.join_tokens = [token]
                 return token
             if self.state is not NodeState.JOINED:
-                self._log.warn("failed to join any peer; running standalone", event="standalone")
                 self.set_state(NodeState.STANDALONE)
             return None
 
         return Deferred.fromCoroutine(run())
+
+    def _join_failed(self, token: str, error: str) -> None:
+        """Say why a token could not be joined once; the retries every few seconds say it again only in
+        debug (or when the reason changes)."""
+        again = self._join_errors.get(token) == error
+        self._join_errors[token] = error
+        log = self._log.debug if again else self._log.warn
+        log(
+            "could not join through token {token}: {err}{retry}",
+            token=token[:16] + "…",
+            err=error,
+            retry="" if again else f"; retrying every {ALONE_REJOIN_INTERVAL:g} s while alone",
+            event="join_failed",
+        )
 
     def join(self, token: str) -> Deferred[MeshConnection]:
         try:

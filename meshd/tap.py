@@ -55,7 +55,11 @@ from meshd.discovery.publish import Publisher  # noqa: E402
 from meshd.discovery.relay import RelayPool  # noqa: E402
 from meshd.host import BackendWatch  # noqa: E402
 from meshd.identity import Identity, IdentityError, load_or_create_key  # noqa: E402
+from meshd.logs import LEVELS as LOG_LEVELS  # noqa: E402
+from meshd.logs import set_level as set_log_level  # noqa: E402
 from meshd.node import Node  # noqa: E402
+from meshd.protocol.errors import InvalidToken  # noqa: E402
+from meshd.protocol.token import decode_token  # noqa: E402
 from meshd.relay.client import canonical_relay_url  # noqa: E402
 from meshd.relay.home import DEFAULT_RELAYS  # noqa: E402
 from meshd.relay.server import RelayServerService  # noqa: E402
@@ -97,6 +101,7 @@ class Options(usage.Options):
         ["trust-proxy", None, "Take the caller's address from Fly-Client-IP, then X-Forwarded-For."],
         ["metrics", None, "Serve Prometheus metrics at /metrics on both ports."],
         ["no-relay", None, "Use no iroh relay (direct UDP only; peers behind NAT become unreachable)."],
+        ["no-nostr", None, "Never contact a Nostr relay (no --auto, --publish or discover panel)."],
         ["relay-server", None, "Run only an iroh-compatible relay server (see --relay-port)."],
     ]
     optParameters = [
@@ -122,6 +127,7 @@ class Options(usage.Options):
         ],
         ["state-dir", None, "~/.meshd", "Folder for keys and state."],
         ["log-format", None, "text", "Log output: text or json (one JSON object per line)."],
+        ["log-level", None, "info", "Lowest level logged: debug, info, warn or error."],
         ["max-inflight", None, "0", "API requests in flight at once (0 = unlimited); more wait in a queue."],
         [
             "queue-timeout",
@@ -193,9 +199,10 @@ class Options(usage.Options):
                 "drop --reactor, or use --reactor=asyncio"
             )
         self.config = self._build_config()
-        if self.config.log_format == "json" and self.parent is not None:
+        set_log_level(self["log-level"])
+        if self.parent is not None and not self.parent.get("logger") and self.parent.get("logfile") in (None, "-"):
             # twistd builds its log observer from its own `logger` option after parsing.
-            self.parent["logger"] = "meshd.logs.json_observer_factory"
+            self.parent["logger"] = f"meshd.logs.{self.config.log_format}_observer_factory"
 
     def _build_config(self) -> Config:
         serve = self["serve"]
@@ -243,6 +250,16 @@ class Options(usage.Options):
         for token in self["join"]:
             if not token.strip():
                 raise usage.UsageError("--join needs a non-empty invite token")
+            try:
+                decode_token(token.strip())
+            except InvalidToken as e:
+                raise usage.UsageError(f"--join: not an invite token ({e})") from None
+        if self["no-nostr"]:
+            for flag in ("auto", "publish"):
+                if self[flag]:
+                    raise usage.UsageError(f"--{flag} needs Nostr; it contradicts --no-nostr")
+            if self["nostr-relay"]:
+                raise usage.UsageError("--nostr-relay and --no-nostr contradict each other")
         inflight: int | None = None
         if self["backend-max-inflight"] != "auto":
             try:
@@ -267,6 +284,8 @@ class Options(usage.Options):
                 raise usage.UsageError("--model must not be empty")
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format must be text or json, got {self['log-format']!r}")
+        if self["log-level"] not in LOG_LEVELS:
+            raise usage.UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self['log-level']!r}")
         gate = self._gate_options()
         # --- iroh relay (meshd.relay) ---
         if self["no-relay"] and self["relay"]:
@@ -295,6 +314,7 @@ class Options(usage.Options):
             headless=bool(self["headless"]),
             console_enabled=not self["no-console"],
             nostr_relays=relays,
+            no_nostr=bool(self["no-nostr"]),
             mesh_name=self["mesh-name"],
             region=self["region"],
             publish=bool(self["publish"]),
@@ -439,13 +459,23 @@ def build_service(config: Config, reactor: Any) -> Any:
         )
         node.status_extras["backend"] = watch.status
         extra.append(("backend", watch))
-    pool = RelayPool(reactor, list(config.nostr_relays))
-    node.relay_status = pool.status
-    discovery = Discovery(reactor, node, pool)
-    discovery.setServiceParent(pool)
-    if config.publish:
-        Publisher(reactor, pool, lambda: listing_for(node), state_dir=config.state_dir).setServiceParent(pool)
-    extra.append(("discovery", pool))
+    # Nostr only where the role needs it: always connected for --auto and --publish, on demand (the
+    # console's discover panel) otherwise, never with --no-nostr.
+    discovery: Discovery
+    if config.no_nostr:
+        discovery = Discovery(reactor, node)
+        extra.append(("discovery", discovery))
+    elif config.auto or config.publish:
+        pool = RelayPool(reactor, list(config.nostr_relays))
+        discovery = Discovery(reactor, node, pool)
+        discovery.setServiceParent(pool)
+        if config.publish:
+            Publisher(reactor, pool, lambda: listing_for(node), state_dir=config.state_dir).setServiceParent(pool)
+        extra.append(("discovery", pool))
+    else:
+        discovery = Discovery(reactor, node, make_pool=lambda: RelayPool(reactor, list(config.nostr_relays)))
+        extra.append(("discovery", discovery))
+    node.relay_status = discovery.relay_status
     api_app = APIApp(node, reactor)
     extra.append(("gate", GateService(reactor, api_app.gate)))
     api_site = api_app.site()

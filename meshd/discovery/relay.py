@@ -124,6 +124,7 @@ class _RelayProtocol(WebSocketClientProtocol):  # type: ignore[misc]
 
 
 class _RelayFactory(WebSocketClientFactory):  # type: ignore[misc]
+    noisy = False
     protocol = _RelayProtocol
 
     def __init__(self, link: _RelayLink, *args: Any, **kwargs: Any) -> None:
@@ -143,6 +144,9 @@ class _ObservedEndpoint:
     def __init__(self, link: _RelayLink, endpoint: IStreamClientEndpoint) -> None:
         self._link = link
         self._endpoint = endpoint
+
+    def __repr__(self) -> str:
+        return self._link.url
 
     def connect(self, factory: Any) -> Deferred[Any]:
         self._link.attempt_started()
@@ -237,7 +241,9 @@ class _RelayLink(Service):
         self._retry_level += 1
         if self.running:
             self._set_state(FAILING, error)
-        self.log.info("nostr relay {url} failing (attempt {n}): {error}", url=self.url, n=self.attempts, error=error)
+        # One line when a relay starts failing; the retries after it are debug (state is in /api/status).
+        log = self.log.info if self.attempts == 1 else self.log.debug
+        log("nostr relay {url} failing (attempt {n}): {error}", url=self.url, n=self.attempts, error=error)
 
     def opened(self, proto: _RelayProtocol) -> None:
         self.protocol = proto

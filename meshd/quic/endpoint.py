@@ -68,6 +68,8 @@ class QuicEndpoint(DatagramProtocol):
     :param max_pending_handshakes: inbound handshakes allowed at once.
     """
 
+    noisy = False  # no 'Starting protocol' line for every endpoint
+
     _log = Logger()
 
     def __init__(

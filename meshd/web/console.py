@@ -209,8 +209,8 @@ class ConsoleApp:
 
     @app.route("/api/discover", methods=["GET"])
     async def discover(self, request: IRequest) -> bytes:
-        if self.discovery is None:
-            return console_error(request, 503, "discovery is not running")
+        if self.discovery is None or not self.discovery.enabled:
+            return console_error(request, 503, "Nostr discovery is off on this node (--no-nostr)")
         try:
             parse_discover_query(request.args)
         except ValueError as e:
@@ -218,7 +218,12 @@ class ConsoleApp:
         try:
             meshes = await self.discovery.recent()
         except Exception as e:
-            return console_error(request, 500, f"Discovery failed: {e}")
+            # No relay reachable (offline, firewalled): say so with each relay's state, not as a server fault.
+            return json_body(
+                request,
+                503,
+                {"error": f"no Nostr relay answered: {e}", "relays": self.discovery.relay_status()},
+            )
         body = discover_api(meshes, request.args, self.discovery.last_mesh_id())
         return json_body(request, 200, body)
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -242,3 +243,64 @@ def test_no_console_runs_the_api_alone(tmp_path: Path, daemons: list[Daemon]) ->
     assert ready["console_url"] is None
     assert http_json(ready["api_url"] + "/health") == (200, {"status": "ok"})
     assert d.terminate() == 0
+
+
+def test_an_undecodable_join_token_stops_meshd_with_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        twistd_cmd("--client", "--join", "not-a-token", "--port", "0", "--console", "0"),
+        cwd=tmp_path,
+        env=repo_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("meshd: error: --join: not an invite token ("), proc.stderr
+
+
+def test_a_host_says_its_backend_is_down_at_once_and_ready_names_it(tmp_path: Path, daemons: list[Daemon]) -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    url = f"http://127.0.0.1:{dead.getsockname()[1]}"
+    d = Daemon(
+        ["--serve", url, "--port", "0", "--console", "0", "--state-dir", str(tmp_path / "s"), "--no-nostr"],
+        cwd=tmp_path,
+    )
+    daemons.append(d)
+    ready = d.wait_event("ready")
+    down = d.wait_event("backend_state", timeout=10)  # the first poll's answer, not only a change
+    assert down["level"] == "warn" and down["state"] == "down" and url in down["msg"]
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(ready["api_url"] + "/ready", timeout=5)
+    body = json.loads(e.value.read())
+    assert e.value.code == 503 and body["reason"].startswith(f"backend {url} is down")
+    dead.close()
+
+
+def test_a_joining_client_leaves_nostr_alone_and_logs_a_readable_story(tmp_path: Path, daemons: list[Daemon]) -> None:
+    host = Daemon(
+        ["--serve", "http://127.0.0.1:9", "--port", "0", "--console", "0", "--state-dir", str(tmp_path / "h")],
+        cwd=tmp_path,
+    )
+    daemons.append(host)
+    token = host.wait_event("node_start")["token"]
+    client = Daemon(["--client", "--join", token, "--port", "0", "--console", "0"], cwd=tmp_path)
+    daemons.append(client)
+    ready = client.wait_event("ready")
+    _, st = http_json(ready["console_url"] + "/api/status")
+    assert st["nostr_discovery"] == []  # no Nostr relay contacted: a joining client does not need one
+    off = Daemon(["--client", "--no-nostr", "--port", "0", "--console", "0"], cwd=tmp_path)
+    daemons.append(off)
+    off_ready = off.wait_event("ready")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(off_ready["console_url"] + "/api/discover", timeout=5)
+    assert e.value.code == 503 and "--no-nostr" in json.loads(e.value.read())["error"]
+    host.wait_event("backend_state")  # the host has polled its (dead) backend over HTTP at least once
+    for d in (host, client, off):
+        assert d.terminate() == 0
+        for rec in d.records:
+            assert rec["level"] != "debug", rec
+            assert not rec["msg"].startswith(("Starting factory", "Stopping factory", "Scheduling retry")), rec
+            assert " object at 0x" not in rec["msg"], rec
+            assert "nostr relay" not in rec["msg"], rec

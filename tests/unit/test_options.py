@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from meshd.config import DEFAULT_NOSTR_RELAYS, Role
+from meshd.identity import Identity
+from meshd.protocol.token import EndpointAddr, encode_token
 from meshd.tap import Options
 
 
@@ -29,9 +31,13 @@ def test_defaults_are_a_client_on_the_standard_ports() -> None:
     assert cfg.log_format == "text"
 
 
+TOK1 = encode_token(EndpointAddr(Identity.generate().public_bytes, ip_addrs=(("127.0.0.1", 4000),)))
+TOK2 = encode_token(EndpointAddr(Identity.generate().public_bytes, relay_urls=("https://relay.example./",)))
+
+
 def test_repeatable_join_and_relays_replace_defaults() -> None:
-    cfg = parse("-j", "tok1", "--join", "tok2", "--nostr-relay", "ws://127.0.0.1:7777").config
-    assert cfg.join_tokens == ("tok1", "tok2")
+    cfg = parse("-j", TOK1, "--join", f" {TOK2} ", "--nostr-relay", "ws://127.0.0.1:7777").config
+    assert cfg.join_tokens == (TOK1, TOK2)
     assert cfg.nostr_relays == ("ws://127.0.0.1:7777",)
 
 
@@ -62,6 +68,12 @@ def test_host_role_and_publisher_options() -> None:
     [
         (["--client", "--serve", "http://127.0.0.1:8080"], "--client and --serve"),
         (["--auto", "--join", "tok"], "--auto and --join"),
+        (["--join", "not-a-token"], "--join: not an invite token"),
+        (["--join", TOK1 + "x"], "--join: not an invite token"),
+        (["--no-nostr", "--auto"], "--auto needs Nostr"),
+        (["--no-nostr", "--serve", "http://h:1", "--publish"], "--publish needs Nostr"),
+        (["--no-nostr", "--nostr-relay", "ws://127.0.0.1:1"], "contradict"),
+        (["--log-level", "chatty"], "--log-level must be one of"),
         (["--client", "--publish"], "clients never publish"),
         (["--client", "--region", "AU"], "--region only applies"),
         (["--serve", "http://h:1", "--max-clients", "3"], "--max-clients needs --publish"),
