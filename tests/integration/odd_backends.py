@@ -1,6 +1,7 @@
 """OpenAI-shaped backends that write HTTP/1.1 in every way real servers do, for the no-loss matrix.
 
-Run one as a process: ``python -m tests.integration.odd_backends STYLE PORT MODEL``. Every style answers the
+Run one as a process: ``python -m tests.integration.odd_backends STYLE PORT MODEL [DELAY]`` (DELAY: seconds
+between the events of a streamed answer, default 0). Every style answers the
 same requests with the same bytes (deterministic ids, timestamps and contents), so a response that came
 through the mesh can be compared byte for byte with one fetched directly. Styles:
 
@@ -14,6 +15,10 @@ through the mesh can be compared byte for byte with one fetched directly. Styles
 ``continue``   a ``100 Continue`` before every final response
 ``early``      answers from the head alone, never reading the body (always a plain answer), then closes
 ``midclose``   closes the connection in the middle of every body
+
+``early`` and ``midclose`` are odd only for POST: ``GET /v1/models`` is answered normally, so a host
+takes them into its mesh. Style ``raw`` serves every style of ``RAW_STYLES`` at once, each as its own model
+``odd-<style>`` (MODEL is then ignored).
 """
 
 from __future__ import annotations
@@ -21,11 +26,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 STYLES = ("stdlib", "asgi", "bytewise", "chunked", "trailers", "close", "http10", "continue", "early", "midclose")
+#: Styles one raw server can play at once (``raw``: the style is the model's ``odd-<style>``), plus ``slow``:
+#: plain framing with 0.2 s between streamed events.
+RAW_STYLES = ("bytewise", "chunked", "trailers", "close", "http10", "continue", "slow")
 CREATED = 1_700_000_000
 
 
@@ -125,7 +134,7 @@ def answer(model: str, method: str, path: str, body: bytes) -> tuple[int, str, l
 # -- stdlib: http.server, head and body in separate writes -------------------------------------------
 
 
-def run_stdlib(port: int, model: str) -> None:
+def run_stdlib(port: int, model: str, delay: float = 0.0) -> None:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -145,6 +154,8 @@ def run_stdlib(port: int, model: str) -> None:
                 for part in parts:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
                     self.wfile.flush()
+                    if delay:
+                        time.sleep(delay)
                 self.wfile.write(b"0\r\n\r\n")
             else:
                 self.send_header("Content-Length", str(sum(map(len, parts))))
@@ -238,7 +249,7 @@ async def read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, s
     return method, path, headers
 
 
-def run_raw(style: str, port: int, model: str) -> None:
+def run_raw(style: str, port: int, model: str, delay: float = 0.0) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await read_head(reader)
@@ -246,12 +257,18 @@ def run_raw(style: str, port: int, model: str) -> None:
                 return
             method, path, headers = head
             n = int(headers.get("content-length") or 0)
-            if style == "early":
+            if style == "raw":
+                await serve_raw_multi(reader, writer, method, path, n)
+                return
+            odd = style if method == "POST" or style not in ("early", "midclose") else "plain"
+            if odd == "early":
                 body = b"{}"  # answers from the head alone: the body is never read (a plain answer, no stream)
             else:
                 body = await reader.readexactly(n) if n else b""
             status, ctype, parts = answer(model, method, path, body)
-            for piece in frame(style, status, ctype, parts):
+            for piece in frame(odd, status, ctype, parts):
+                if delay and ctype == "text/event-stream":
+                    await asyncio.sleep(delay)
                 if style == "bytewise":
                     for i in range(len(piece)):
                         writer.write(piece[i : i + 1])
@@ -265,6 +282,36 @@ def run_raw(style: str, port: int, model: str) -> None:
         finally:
             writer.close()
 
+    async def serve_raw_multi(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str, path: str, n: int
+    ) -> None:
+        body = await reader.readexactly(n) if n else b""
+        if method == "GET":
+            listed = {"object": "list", "data": [{"id": f"odd-{s}", "object": "model"} for s in RAW_STYLES]}
+            data = json.dumps(listed).encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data)
+            )
+            await writer.drain()
+            return
+        try:
+            chosen = str(json.loads(body).get("model", ""))[len("odd-") :]
+        except (ValueError, AttributeError):
+            chosen = ""
+        odd = chosen if chosen in RAW_STYLES else "plain"
+        status, ctype, parts = answer(f"odd-{odd}", method, path, body)
+        for piece in frame("plain" if odd == "slow" else odd, status, ctype, parts):
+            if ctype == "text/event-stream" and odd == "slow":
+                await asyncio.sleep(0.2)
+            if odd == "bytewise":
+                for i in range(len(piece)):
+                    writer.write(piece[i : i + 1])
+                    await writer.drain()
+                    await asyncio.sleep(0)
+            else:
+                writer.write(piece)
+                await writer.drain()
+
     async def main() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", port)
         async with server:
@@ -275,12 +322,13 @@ def run_raw(style: str, port: int, model: str) -> None:
 
 def main(argv: list[str]) -> None:
     style, port, model = argv[1], int(argv[2]), argv[3]
+    delay = float(argv[4]) if len(argv) > 4 else 0.0
     if style == "stdlib":
-        run_stdlib(port, model)
+        run_stdlib(port, model, delay)
     elif style == "asgi":
         run_asgi(port, model)
-    elif style in STYLES:
-        run_raw(style, port, model)
+    elif style in STYLES or style == "raw":
+        run_raw(style, port, model, delay)
     else:
         raise SystemExit(f"unknown style {style!r}; one of {', '.join(STYLES)}")
 
