@@ -130,4 +130,5 @@ class BackendWatch(Service):
             "requests": stats.requests,
             "rejected_busy": stats.rejected_busy,
             "failed": stats.failed,
+            "served": dict(stats.served),
         }

@@ -10,6 +10,8 @@ these adapters testable without QUIC.
 from __future__ import annotations
 
 import ipaddress
+import json
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -28,6 +30,11 @@ from meshd.httpwire import HTTPWireError, ParsedRequest, RequestParser, openai_e
 #: mesh-llm's BACKEND_PROXY_MAX_INFLIGHT.
 DEFAULT_BACKEND_INFLIGHT = 4
 BACKEND_CONNECT_TIMEOUT = 10.0
+#: Distinct model names counted in ``BackendStats.served`` (the names come from callers); the rest,
+#: and names longer than MAX_MODEL_NAME, count as OTHER_MODEL.
+MAX_SERVED_MODELS = 64
+MAX_MODEL_NAME = 256
+OTHER_MODEL = "(other)"
 
 
 class TunnelStream(Protocol):
@@ -59,12 +66,36 @@ def http_response(status: int, reason: str, body: bytes, content_type: str = "ap
     return head.encode("latin-1") + body
 
 
+def requested_model(body: bytes) -> str | None:
+    """The ``model`` of a JSON object request body, else None."""
+    if body.lstrip()[:1] != b"{":
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) else None
+
+
 @attrs.define
 class BackendStats:
     requests: int = 0
     rejected_busy: int = 0
     failed: int = 0
     inflight: int = 0
+    #: Tunnel requests whose response the backend sent in full, per requested model (bounded).
+    served: dict[str, int] = attrs.Factory(dict)
+    #: Called after each ``count_served`` (the console's live events follow it).
+    on_served: list[Callable[[], None]] = attrs.Factory(list)
+
+    def count_served(self, model: str | None) -> None:
+        key = model if model and len(model) <= MAX_MODEL_NAME else OTHER_MODEL
+        if key not in self.served and len(self.served) >= MAX_SERVED_MODELS:
+            key = OTHER_MODEL
+        self.served[key] = self.served.get(key, 0) + 1
+        for listener in list(self.on_served):
+            listener()
 
 
 class Backend:
@@ -161,6 +192,7 @@ class HostTunnel:
         self._finished = False
         self._stream_gone = False
         self._sent_bytes = 0
+        self._model: str | None = None
 
     # stream receiver -----------------------------------------------------------------------
 
@@ -214,6 +246,7 @@ class HostTunnel:
         except HTTPWireError as e:
             self._answer_error(e.status, e.message, e.code)
             return
+        self._model = requested_model(request.body)
         self._relay = _BackendRelay(self, raw)
         d = self.backend.connect(self._relay)
         d.addErrback(self._connect_failed)
@@ -256,6 +289,7 @@ class HostTunnel:
                 self._done()
             return
         self._finished = True
+        self.backend.stats.count_served(self._model)
         self.stream.loseWriteConnection()
         self._done()
 
