@@ -399,11 +399,11 @@ def build_service(config: Config, reactor: Any) -> Any:
         identity = Identity.generate()
     node = Node(config, identity, reactor)
     extra: list[tuple[str, Any]] = []
+    backend: Backend | None = None
     if config.role is Role.HOST:
         assert config.serve_url is not None
-        watch = BackendWatch(
-            reactor, node, Backend(reactor, config.serve_url, config.backend_max_inflight), config.models
-        )
+        backend = Backend(reactor, config.serve_url, config.backend_max_inflight)
+        watch = BackendWatch(reactor, node, backend, config.models)
         node.status_extras["backend"] = watch.status
         extra.append(("backend", watch))
     pool = RelayPool(reactor, list(config.nostr_relays))
@@ -416,7 +416,12 @@ def build_service(config: Config, reactor: Any) -> Any:
     api_app = APIApp(node, reactor)
     extra.append(("gate", GateService(reactor, api_app.gate)))
     api_site = api_app.site()
-    console_app = ConsoleApp(node, discovery)
+    console_app = ConsoleApp(
+        node,
+        discovery,
+        api_credential=api_app.gate.console_credential,
+        backend_stats=None if backend is None else backend.stats,
+    )
     console_app.metrics = api_app.metrics
     console_site = console_app.site()
     api = TCPListenService(reactor, config.interface, config.api_port, api_site)
