@@ -66,8 +66,9 @@ class Config:
     api_keys_file: Path | None = None
     metrics: bool = False
     cors_origins: tuple[str, ...] = ("*",)
-    #: ``--console-token``: lets non-loopback callers use the console's admin routes (``POST /api/join``).
-    console_token: str | None = None
+    #: ``--console-token``: lets non-loopback callers use the console's admin routes (``POST /api/join``, and
+    #: ``POST /api/chat`` with API keys on); a secret, so kept out of the repr like the keys.
+    console_token: str | None = attrs.field(default=None, repr=False)
     #: iroh relays (meshd.relay); empty = no relay path. The CLI defaults to mesh-llm's (MESH_PROTOCOL.md §4.4).
     relay_urls: tuple[str, ...] = ()
     #: ``--relay-server``: run only a relay server on ``relay_port``.

@@ -449,14 +449,11 @@ def build_service(config: Config, reactor: Any) -> Any:
         identity = Identity.generate()
     node = Node(config, identity, reactor)
     extra: list[tuple[str, Any]] = []
+    backend: Backend | None = None
     if config.role is Role.HOST:
         assert config.serve_url is not None
-        watch = BackendWatch(
-            reactor,
-            node,
-            Backend(reactor, config.serve_url, config.backend_max_inflight, config.backend_queue_timeout),
-            config.models,
-        )
+        backend = Backend(reactor, config.serve_url, config.backend_max_inflight, config.backend_queue_timeout)
+        watch = BackendWatch(reactor, node, backend, config.models)
         node.status_extras["backend"] = watch.status
         extra.append(("backend", watch))
     # Nostr only where the role needs it: always connected for --auto and --publish, on demand (the
@@ -479,7 +476,12 @@ def build_service(config: Config, reactor: Any) -> Any:
     api_app = APIApp(node, reactor)
     extra.append(("gate", GateService(reactor, api_app.gate)))
     api_site = api_app.site()
-    console_app = ConsoleApp(node, discovery)
+    console_app = ConsoleApp(
+        node,
+        discovery,
+        api_credential=api_app.gate.console_credential,
+        backend_stats=None if backend is None else backend.stats,
+    )
     console_app.metrics = api_app.metrics
     console_site = console_app.site()
     api = TCPListenService(reactor, config.interface, config.api_port, api_site)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import json
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -65,6 +66,11 @@ _REASONS = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
+#: Distinct model names counted in ``BackendStats.served`` (the names come from callers); the rest,
+#: and names longer than MAX_MODEL_NAME, count as OTHER_MODEL.
+MAX_SERVED_MODELS = 64
+MAX_MODEL_NAME = 256
+OTHER_MODEL = "(other)"
 
 
 class TunnelStream(Protocol):
@@ -108,6 +114,18 @@ def requested_wait(value: bytes | None) -> float | None:
     return wait if 0 <= wait <= 3600 else None
 
 
+def requested_model(body: bytes) -> str | None:
+    """The ``model`` of a JSON object request body, else None."""
+    if body.lstrip()[:1] != b"{":
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) else None
+
+
 @attrs.define
 class BackendStats:
     requests: int = 0
@@ -116,9 +134,19 @@ class BackendStats:
     #: Requests that waited for a slot.
     queued: int = 0
     failed: int = 0
-    #: Responses relayed whole.
-    served: int = 0
     timeouts: int = 0
+    #: Tunnel requests whose response the backend sent in full, per requested model (bounded).
+    served: dict[str, int] = attrs.Factory(dict)
+    #: Called after each ``count_served`` (the console's live events follow it).
+    on_served: list[Callable[[], None]] = attrs.Factory(list)
+
+    def count_served(self, model: str | None) -> None:
+        key = model if model and len(model) <= MAX_MODEL_NAME else OTHER_MODEL
+        if key not in self.served and len(self.served) >= MAX_SERVED_MODELS:
+            key = OTHER_MODEL
+        self.served[key] = self.served.get(key, 0) + 1
+        for listener in list(self.on_served):
+            listener()
 
 
 class Backend:
@@ -340,6 +368,7 @@ class HostTunnel:
         self._sent_bytes = 0
         self._timer: Any = None
         self._arm(REQUEST_READ_TIMEOUT, self._request_timeout)
+        self._model: str | None = None
 
     # stream receiver -----------------------------------------------------------------------
 
@@ -381,6 +410,7 @@ class HostTunnel:
             self._answer_error(e.status, e.message, e.code)
             return
         self._framer = ResponseFramer(request.method)
+        self._model = requested_model(request.body)
         wait = requested_wait(request.header(WAIT_HEADER))
         admission, token = self.backend.request_slot(self._slot_granted, self._slot_expired, wait)
         if admission is Admission.ADMIT:
@@ -484,7 +514,7 @@ class HostTunnel:
 
     def _complete(self) -> None:
         """The response is whole: FIN the stream, close the backend connection, free the slot."""
-        self.backend.stats.served += 1
+        self.backend.stats.count_served(self._model)
         self._unregister()
         self.stream.loseWriteConnection()
         self._finish(close_backend=True)

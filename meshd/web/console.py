@@ -5,24 +5,29 @@ Routes (MESH_PROTOCOL.md §7):
 * ``GET /health``, ``GET /api/status``, ``GET /api/models``, ``GET /api/discover``
 * ``GET /api/events``: SSE of the status (``meshd.web.events``)
 * ``POST /api/chat[/...]``: proxied to this node's own API port as ``/v1/chat/completions[/...]``,
-  streamed with backpressure; the upstream request is cancelled when the browser goes away
-* ``POST /api/join`` ``{"token": "..."}``: from loopback, or with ``Authorization: Bearer <--console-token>``
+  streamed with backpressure; the upstream request is cancelled when the browser goes away. With API
+  keys on, the console passes the API's key check with the gate's in-memory console credential
+  (``meshd.web.gate``), so its callers must pass the admin rule below.
+* ``POST /api/join`` ``{"token": "..."}``: the admin rule: from loopback (with a loopback name in
+  ``Host``), or with ``Authorization: Bearer <--console-token>``
 * UI (404 with ``--headless``): ``/``, ``/dashboard``, ``/chat``, ``/chat/*``, ``/assets/<file>``
 
-Every error body is ``{"error": "<msg>"}``.
+Every POST route refuses what a page on another site could send (``meshd.web.origin``): the body must
+be ``Content-Type: application/json`` (415 otherwise) and the request must carry a same-origin
+``Origin`` or ``Sec-Fetch-Site: same-origin``/``none`` (403 otherwise); a caller with neither header
+(not a browser) needs the console token. Every error body is ``{"error": "<msg>"}``.
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from klein import Klein
-from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -31,7 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IRequest, IResponse
+from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from zope.interface import implementer
 
@@ -41,10 +46,12 @@ from meshd.metrics import Metrics
 from meshd.node import Node
 from meshd.protocol.errors import InvalidToken
 from meshd.protocol.token import decode_token
+from meshd.tunnel import BackendStats
 from meshd.web.errors import console_error, json_body
 from meshd.web.events import EventHub, serve_events
-from meshd.web.gate import ready_response
+from meshd.web.gate import CONSOLE_CREDENTIAL_HEADER, ready_response
 from meshd.web.http import LimitedSite, abort_response, unregister_producer
+from meshd.web.origin import Provenance, is_json, is_loopback, names_loopback, provenance
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CONTENT_TYPES = {
@@ -60,7 +67,11 @@ CONTENT_TYPES = {
 UPSTREAM_CONNECT_TIMEOUT = 10.0
 #: Request headers passed on to the API port; the rest (cookies, the console token) stay here.
 _FORWARD_REQUEST = (b"content-type", b"accept", b"user-agent", b"x-request-id", b"x-mesh-target", b"x-mesh-exclude")
-_HOP_BY_HOP = {
+#: Response headers of the API port that are not passed on: hop-by-hop ones, the ones the console's
+#: own server sets (``Server``, ``Date``), and the API port's CORS answer (the console is same-origin).
+_NOT_RELAYED = {
+    b"server",
+    b"date",
     b"connection",
     b"keep-alive",
     b"proxy-authenticate",
@@ -72,8 +83,12 @@ _HOP_BY_HOP = {
 }
 
 
-def mesh_models(node: Node) -> list[dict[str, Any]]:
-    """``mesh_models`` of ``/api/status``: warm models with their hosts, plus demanded cold ones."""
+def mesh_models(node: Node, served: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+    """``mesh_models`` of ``/api/status``: warm models with their hosts, plus demanded cold ones.
+
+    On a host, ``served`` is what its backend answered for the mesh per model (tunnel requests from
+    every client, this node's own API included); the rows of those models get ``served_count``.
+    """
     now = node.now()
     routes = node.mesh.routable_models()
     local = set(node.hosted_models)
@@ -91,19 +106,33 @@ def mesh_models(node: Node) -> list[dict[str, Any]]:
         if d is not None:
             row["request_count"] = d.request_count
             row["last_active_secs_ago"] = max(0, int(now) - d.last_active)
+        if served is not None:
+            row["served_count"] = served.get(name, 0)
         out.append(row)
     return out
 
 
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return bool(addr.is_loopback or (mapped is not None and mapped.is_loopback))
+@implementer(IBodyProducer)
+class _Body:
+    """A request body that is all in memory (what ``FileBodyProducer`` does, without a cooperator)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        if self.data:
+            consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 @implementer(IPushProducer)
@@ -149,17 +178,29 @@ class ConsoleApp:
         discovery: Discovery | None = None,
         *,
         reactor: Any = None,
-        http: HTTPClient | None = None,
+        agent: IAgent | None = None,
         static_dir: Path = STATIC_DIR,
+        api_credential: str | None = None,
+        backend_stats: BackendStats | None = None,
     ) -> None:
+        """``api_credential``: the API gate's console credential (``Gate.console_credential``), added to
+        every chat request this console proxies; ``backend_stats``: a host's backend counters, for the
+        served-request counts of ``mesh_models``."""
         self.node = node
         self.discovery = discovery
         self._reactor = reactor if reactor is not None else node._reactor
-        self._http = http
+        self._agent = agent
         self.static_dir = static_dir
+        self._api_credential = api_credential
         self.events = EventHub(self._reactor, node.status)
         node.on_change.append(self.events.changed)
-        node.status_extras.setdefault("mesh_models", lambda: mesh_models(node))
+        self._backend_stats = backend_stats
+        if backend_stats is not None:
+            backend_stats.on_served.append(self.events.changed)
+        node.status_extras.setdefault("mesh_models", lambda: mesh_models(node, self._served()))
+
+    def _served(self) -> Mapping[str, int] | None:
+        return None if self._backend_stats is None else self._backend_stats.served
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -171,6 +212,8 @@ class ConsoleApp:
         """Detach from the node and end the live event streams' timers."""
         if self.events.changed in self.node.on_change:
             self.node.on_change.remove(self.events.changed)
+        if self._backend_stats is not None and self.events.changed in self._backend_stats.on_served:
+            self._backend_stats.on_served.remove(self.events.changed)
         self.events.close()
 
     # -- read-only API ----------------------------------------------------------------------------
@@ -201,7 +244,7 @@ class ConsoleApp:
     @app.route("/api/models", methods=["GET"])
     def models(self, request: IRequest) -> bytes:
         request.setHeader(b"cache-control", b"no-cache")
-        return json_body(request, 200, {"mesh_models": mesh_models(self.node)})
+        return json_body(request, 200, {"mesh_models": mesh_models(self.node, self._served())})
 
     @app.route("/api/events", methods=["GET"])
     def events_route(self, request: IRequest) -> Deferred[None]:
@@ -229,10 +272,7 @@ class ConsoleApp:
 
     # -- join -------------------------------------------------------------------------------------
 
-    def _may_administer(self, request: IRequest) -> bool:
-        peer = request.getClientAddress()
-        if is_loopback(getattr(peer, "host", None)):
-            return True
+    def _has_console_token(self, request: IRequest) -> bool:
         secret = self.node.config.console_token
         if not secret:
             return False
@@ -242,10 +282,56 @@ class ConsoleApp:
         scheme, _, value = given.partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), secret.encode())
 
+    def _refuse_change(self, request: IRequest, *, admin: bool) -> bytes | None:
+        """The error response for a POST the console must not act on, else None (module docstring).
+
+        ``admin``: the route also needs the admin rule (loopback by a loopback name, or the token).
+        """
+        token = self._has_console_token(request)
+        if not is_json(request.getHeader(b"content-type")):
+            return self._refused(request, 415, "send the body as Content-Type: application/json")
+        origin = provenance(
+            request.getHeader(b"origin"), request.getHeader(b"sec-fetch-site"), request.getHeader(b"host")
+        )
+        if origin is Provenance.CROSS_SITE:
+            return self._refused(request, 403, "cross-site request refused")
+        if origin is Provenance.UNKNOWN and not token:
+            return self._refused(
+                request, 403, "send Origin (the console's own URL) or Authorization: Bearer <console token>"
+            )
+        if not admin or token:
+            return None
+        peer = getattr(request.getClientAddress(), "host", None)
+        if is_loopback(peer) and names_loopback(request.getHeader(b"host")):
+            return None
+        return self._refused(
+            request, 403, "allowed from loopback (by a loopback address or localhost) or with the console token"
+        )
+
+    def _refused(self, request: IRequest, status: int, message: str) -> bytes:
+        def field(name: bytes) -> str | None:
+            value = request.getHeader(name)
+            return None if value is None else value.decode("latin-1")[:256]
+
+        self._log.info(
+            "refused {method} {path} ({status}): {reason}",
+            method=request.method.decode("latin-1"),
+            path=request.path.decode("latin-1", "replace")[:256],
+            status=status,
+            reason=message,
+            origin=field(b"origin"),
+            fetch_site=field(b"sec-fetch-site"),
+            content_type=field(b"content-type"),
+            client=getattr(request.getClientAddress(), "host", None),
+            event="console_refused",
+        )
+        return console_error(request, status, message)
+
     @app.route("/api/join", methods=["POST"])
     async def join(self, request: IRequest) -> bytes:
-        if not self._may_administer(request):
-            return console_error(request, 403, "joining is allowed from loopback or with the console token")
+        refused = self._refuse_change(request, admin=True)
+        if refused is not None:
+            return refused
         raw = request.content.read() if request.content is not None else b""
         try:
             body = json.loads(raw)
@@ -281,15 +367,23 @@ class ConsoleApp:
 
     # -- chat proxy -------------------------------------------------------------------------------
 
-    def _client(self) -> HTTPClient:
-        if self._http is None:
+    def _upstream(self) -> IAgent:
+        # A plain Agent: the response comes back byte for byte (no decoding, no cookie jar, no redirects).
+        if self._agent is None:
             pool = HTTPConnectionPool(self._reactor, persistent=False)
-            agent = Agent(self._reactor, pool=pool, connectTimeout=UPSTREAM_CONNECT_TIMEOUT)
-            self._http = HTTPClient(agent)
-        return self._http
+            self._agent = Agent(self._reactor, pool=pool, connectTimeout=UPSTREAM_CONNECT_TIMEOUT)
+        return self._agent
+
+    def _keys_required(self) -> bool:
+        config = self.node.config
+        return bool(config.api_keys) or config.api_keys_file is not None
 
     @app.route("/api/chat", methods=["POST"], branch=True)
     async def chat(self, request: Any) -> bytes:
+        # With keys on, the console's credential opens the API: the same callers as for joining.
+        refused = self._refuse_change(request, admin=self._keys_required())
+        if refused is not None:
+            return refused
         port = self.node.api_port
         if not port:
             return console_error(request, 503, "LLM not ready")
@@ -300,10 +394,10 @@ class ConsoleApp:
         for name in _FORWARD_REQUEST:
             for value in request.requestHeaders.getRawHeaders(name, []):
                 headers.addRawHeader(name, value)
+        if self._api_credential is not None:
+            headers.setRawHeaders(CONSOLE_CREDENTIAL_HEADER, [self._api_credential.encode()])
         try:
-            response: IResponse = await self._client().request(
-                "POST", target, data=body, headers=headers, unbuffered=True
-            )
+            response: IResponse = await self._upstream().request(b"POST", target.encode(), headers, _Body(body))
         except CancelledError:
             raise
         except (ConnectError, DNSLookupError, TimeoutError, ResponseFailed) as e:
@@ -311,7 +405,8 @@ class ConsoleApp:
             return console_error(request, 502, "Cannot reach LLM server")
         request.setResponseCode(response.code, response.phrase or None)
         for name, values in response.headers.getAllRawHeaders():
-            if name.lower() in _HOP_BY_HOP:
+            lower = name.lower()
+            if lower in _NOT_RELAYED or lower.startswith(b"access-control-"):
                 continue
             for value in values:
                 request.responseHeaders.addRawHeader(name, value)

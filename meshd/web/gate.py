@@ -7,6 +7,11 @@ the Klein resource of the API app and applies, in order: CORS preflight (answere
 else), bypass of ``/health``, ``/ready`` and ``/metrics``, API key (401), requests per minute (429),
 concurrent streams per caller (429), the process-wide in-flight cap (queue, then 503). It writes one
 ``event="access"`` log line and one metrics observation per request when the response ends.
+
+The console's chat proxy passes the key check with ``Gate.console_credential``: a random secret made
+per process, handed in memory to the console, sent only over loopback in ``x-meshd-console``, accepted
+only from a loopback peer on ``/v1/chat/completions``, removed from every request before anything
+else looks at it, and never logged or shown (the console adds it server-side; browsers never see it).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import ipaddress
 import json
 import math
 import re
+import secrets
 import signal
 import uuid
 from collections import OrderedDict
@@ -34,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from meshd.concurrency import Admission, ConcurrencyLimiter
 from meshd.web.errors import json_body, openai_error
+from meshd.web.origin import is_loopback
 
 if TYPE_CHECKING:
     from meshd.config import Config
@@ -70,6 +77,12 @@ EXPOSED_HEADERS = (
 DEFAULT_ALLOWED_HEADERS = "authorization, content-type, x-request-id"
 _TOKEN_LIST = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Request header carrying the console's credential (see the module docstring).
+CONSOLE_CREDENTIAL_HEADER = b"x-meshd-console"
+#: The only route the console's credential opens (and its sub-paths).
+CONSOLE_ROUTE = "/v1/chat/completions"
+#: What the access log and rate limiter call the console's proxy.
+CONSOLE_KEY_ID = "console"
 
 
 # -- API keys -------------------------------------------------------------------------------------
@@ -452,8 +465,11 @@ class Gate:
         trust_proxy: bool = False,
         cors_origins: Iterable[str] = ("*",),
         metrics: Metrics | None = None,
+        console_credential: str | None = None,
     ) -> None:
         self.clock = clock
+        #: The console's proxy credential (module docstring); never logged, never in a response.
+        self.console_credential = console_credential or secrets.token_urlsafe(32)
         self.keys = keys or APIKeys()
         self.concurrency = ConcurrencyLimiter(max_inflight, queue_timeout, max_queue)
         self.requests = RequestRateLimiter(rate_limit_rpm) if rate_limit_rpm > 0 else None
@@ -497,6 +513,14 @@ class Gate:
             "api_keys": self.keys.count if self.keys.required else None,
         }
 
+    def is_console(self, presented: bytes | None, peer: str, path: str) -> bool:
+        """Is this the console's own proxy: its credential, from a loopback peer, on the chat route?"""
+        if presented is None or not is_loopback(peer):
+            return False
+        if path != CONSOLE_ROUTE and not path.startswith(CONSOLE_ROUTE + "/"):
+            return False
+        return hmac.compare_digest(presented, self.console_credential.encode())
+
     def describe_keys(self) -> str:
         if not self.keys.required:
             return "API open: no keys configured"
@@ -518,6 +542,9 @@ class GateResource(Resource):
         gate = self.gate
         path = request.path.decode("latin-1", "replace")
         peer = getattr(request.getClientAddress(), "host", None) or "unknown"
+        # The console's credential never goes further than this line (not to the app, not to a host).
+        console_credential = request.getHeader(CONSOLE_CREDENTIAL_HEADER)
+        request.requestHeaders.removeHeader(CONSOLE_CREDENTIAL_HEADER)
         ip = client_ip(
             str(peer), request.getHeader(b"fly-client-ip"), request.getHeader(b"x-forwarded-for"), gate.trust_proxy
         )
@@ -543,7 +570,11 @@ class GateResource(Resource):
         if path in BYPASS_PATHS:
             return self.wrapped.render(request)
 
-        if gate.keys.required:
+        if gate.keys.required and gate.is_console(console_credential, str(peer), path):
+            ex.key_id = CONSOLE_KEY_ID
+            ex.caller = CONSOLE_KEY_ID
+            request.requestHeaders.removeHeader(b"authorization")
+        elif gate.keys.required:
             kid = gate.keys.check(bearer_token(request.getHeader(b"authorization")))
             if kid is None:
                 # Failed attempts spend the client address's bucket: guessing keys is rate limited too.

@@ -490,6 +490,8 @@ class MeshProxy:
         for name, value in head.headers:
             if name in _HOP_BY_HOP and not (name == b"content-length" and not chunked):
                 continue
+            if name.startswith(b"access-control-"):
+                continue  # CORS is the gate's answer (a backend's own would make two, which browsers refuse)
             request.responseHeaders.addRawHeader(name, value)
         request.setHeader(b"x-mesh-served-by", host.hex().encode())
         if upstream.scanner is not None:

@@ -36,6 +36,8 @@ class FakeLLM(Resource):
         super().__init__()
         self.name = name
         self.requests: list[dict[str, Any]] = []
+        #: The request headers of each POST (names lower-cased).
+        self.request_headers: list[dict[bytes, list[bytes]]] = []
         self.cancelled = 0
         self.chunks = 5
         self.delay = 0.01
@@ -49,6 +51,7 @@ class FakeLLM(Resource):
     def render_POST(self, request: Any) -> Any:
         body = json.loads(request.content.read())
         self.requests.append(body)
+        self.request_headers.append({k.lower(): v for k, v in request.requestHeaders.getAllRawHeaders()})
         if body.get("messages", [{}])[-1].get("content") == "fail-400":
             request.setResponseCode(400)
             return json.dumps({"error": {"code": 400, "message": "bad", "type": "invalid_request_error"}}).encode()

@@ -16,6 +16,7 @@ from meshd.config import Role
 from meshd.identity import Identity
 from meshd.node import Node
 from meshd.protocol.token import EndpointAddr, encode_token
+from meshd.tunnel import BackendStats
 from meshd.web.console import ConsoleApp, is_loopback, mesh_models
 
 from .test_web import _result, get, make_node
@@ -23,9 +24,15 @@ from .test_web import _result, get, make_node
 GOOD_TOKEN = encode_token(EndpointAddr(Identity.generate().public_bytes, ip_addrs=[("127.0.0.1", 9)]))
 
 
+CONSOLE = "http://127.0.0.1:3131"
+#: What the console's own pages send with a POST (the parts the console looks at).
+SAME_ORIGIN = {"Content-Type": "application/json", "Origin": CONSOLE, "Sec-Fetch-Site": "same-origin"}
+
+
 def post(app: Any, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST from loopback (StubTreq's peer is 127.0.0.1) to http://127.0.0.1:3131, as the console's page."""
     stub = StubTreq(app.resource())
-    resp = _result(stub.post("http://x" + path, data=body, headers=headers or {}))
+    resp = _result(stub.post(CONSOLE + path, data=body, headers=SAME_ORIGIN if headers is None else headers))
     content = _result(resp.content())
     stub.flush()
     return resp.code, json.loads(content) if content else None
@@ -44,9 +51,19 @@ def raw(app: ConsoleApp, request: bytes, peer: str = "10.1.2.3") -> tuple[String
     return transport, proto
 
 
-def join_request(token: str, auth: str | None = None) -> bytes:
+def join_request(
+    token: str,
+    auth: str | None = None,
+    *,
+    host: str = "127.0.0.1:3131",
+    headers: dict[str, str] | None = None,
+    path: str = "/api/join",
+) -> bytes:
+    """A raw POST; by default with the headers the dashboard's own page sends."""
     body = json.dumps({"token": token}).encode()
-    head = b"POST /api/join HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    fields = {"Content-Type": "application/json", "Origin": f"http://{host}"} if headers is None else headers
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n".encode()
+    head += "".join(f"{k}: {v}\r\n" for k, v in fields.items()).encode()
     if auth is not None:
         head += b"Authorization: " + auth.encode() + b"\r\n"
     return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
@@ -234,3 +251,165 @@ def test_mesh_models_counts_hosts_and_demand() -> None:
     assert rows["wanted"]["status"] == "cold" and rows["wanted"]["node_count"] == 0
     ConsoleApp(node)
     assert [m["name"] for m in node.status()["mesh_models"]] == ["tiny", "wanted"]
+
+
+# -- cross-site requests (CSRF) and rebinding names -----------------------------------------------
+
+
+def body_of(transport: StringTransport) -> Any:
+    head, _, rest = transport.value().partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" not in head.lower():
+        return json.loads(rest)
+    body = b""
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return json.loads(body)
+        body, rest = body + rest[:size], rest[size + 2 :]
+
+
+@pytest.mark.parametrize(
+    "headers,code",
+    [
+        # What a cross-site page can send without a CORS preflight: the "simple" content types.
+        ({"Content-Type": "text/plain;charset=UTF-8", "Origin": "http://127.0.0.1:8000"}, 415),
+        ({"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://evil.example"}, 415),
+        ({"Content-Type": "multipart/form-data; boundary=x", "Origin": "null"}, 415),
+        ({"Origin": "http://127.0.0.1:3131"}, 415),  # no content type at all
+        ({"Content-Type": "application/jsonx", "Origin": "http://127.0.0.1:3131"}, 415),
+        # JSON, but from elsewhere (a page with a CORS-permitting server behind it, say).
+        ({"Content-Type": "application/json", "Origin": "http://127.0.0.1:8000"}, 403),
+        ({"Content-Type": "application/json", "Origin": "http://localhost:3131"}, 403),
+        ({"Content-Type": "application/json", "Origin": "null"}, 403),
+        ({"Content-Type": "application/json", "Origin": "http://127.0.0.1:3131", "Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Content-Type": "application/json", "Origin": "http://127.0.0.1:3131", "Sec-Fetch-Site": "same-site"}, 403),
+        ({"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"}, 403),
+        # No browser headers at all (curl, a script): not trusted for being on loopback alone.
+        ({"Content-Type": "application/json"}, 403),
+        # The console's own page (either header is enough), or the user typing the URL.
+        ({"Content-Type": "application/json", "Origin": "http://127.0.0.1:3131"}, 200),
+        ({"Content-Type": "application/json; charset=utf-8", "Sec-Fetch-Site": "same-origin"}, 200),
+        ({"Content-Type": "Application/JSON", "Sec-Fetch-Site": "none"}, 200),
+        ({"Content-Type": "application/json", "Origin": "HTTP://127.0.0.1:3131", "Sec-Fetch-Site": "same-origin"}, 200),
+    ],
+)
+def test_join_refuses_what_another_site_could_send_even_from_loopback(headers: dict[str, str], code: int) -> None:
+    node = make_node()
+    calls = joining(node)
+    transport, _ = raw(ConsoleApp(node), join_request(GOOD_TOKEN, headers=headers), peer="127.0.0.1")
+    assert status_line(transport).split(b" ")[1] == str(code).encode(), transport.value()
+    assert calls == ([[GOOD_TOKEN]] if code == 200 else [])
+    if code != 200:
+        assert "error" in body_of(transport)
+
+
+def test_a_rebinding_name_is_not_loopback_even_when_same_origin() -> None:
+    """DNS rebinding: a page at http://evil.example:3131 whose name now resolves to 127.0.0.1 is same-origin
+    with itself; the socket peer is loopback, but Host says evil.example."""
+    node = make_node(console_token="s3cret")
+    calls = joining(node)
+    app = ConsoleApp(node)
+    transport, _ = raw(app, join_request(GOOD_TOKEN, host="evil.example:3131"), peer="127.0.0.1")
+    assert status_line(transport) == b"HTTP/1.1 403 Forbidden"
+    assert "loopback" in body_of(transport)["error"]
+    assert calls == []
+    # The same page cannot know the console token; an operator's proxy that sends it may use any name.
+    transport, _ = raw(app, join_request(GOOD_TOKEN, "Bearer s3cret", host="evil.example:3131"), peer="127.0.0.1")
+    assert status_line(transport) == b"HTTP/1.1 200 OK"
+    for host in ("localhost:3131", "[::1]:3131", "127.0.0.2:3131", "app.localhost:3131"):
+        transport, _ = raw(app, join_request(GOOD_TOKEN, host=host), peer="::1")
+        assert status_line(transport) == b"HTTP/1.1 200 OK", host
+    assert len(calls) == 5
+
+
+def test_the_console_token_stands_in_for_browser_headers_but_not_for_a_cross_site_origin() -> None:
+    node = make_node(console_token="s3cret")
+    calls = joining(node)
+    app = ConsoleApp(node)
+    script = {"Content-Type": "application/json"}
+    transport, _ = raw(app, join_request(GOOD_TOKEN, "Bearer s3cret", headers=script), peer="10.1.2.3")
+    assert status_line(transport) == b"HTTP/1.1 200 OK"
+    evil = {"Content-Type": "application/json", "Origin": "http://evil.example"}
+    transport, _ = raw(app, join_request(GOOD_TOKEN, "Bearer s3cret", headers=evil), peer="10.1.2.3")
+    assert status_line(transport) == b"HTTP/1.1 403 Forbidden"
+    text = {"Content-Type": "text/plain", "Origin": "http://127.0.0.1:3131"}
+    transport, _ = raw(app, join_request(GOOD_TOKEN, "Bearer s3cret", headers=text), peer="10.1.2.3")
+    assert status_line(transport) == b"HTTP/1.1 415 Unsupported Media Type"
+    assert calls == [[GOOD_TOKEN]]
+
+
+def test_chat_refuses_cross_site_posts_before_touching_the_api() -> None:
+    node = make_node()
+    node.api_port = None  # a request that got through would answer 503
+    app = ConsoleApp(node)
+    for headers in (
+        {"Content-Type": "text/plain", "Origin": "http://evil.example"},
+        {"Content-Type": "application/json", "Origin": "http://evil.example"},
+        {"Content-Type": "application/json"},
+    ):
+        transport, _ = raw(app, join_request("x", headers=headers, path="/api/chat"), peer="127.0.0.1")
+        assert status_line(transport).split(b" ")[1] in (b"403", b"415"), headers
+    transport, _ = raw(app, join_request("x", path="/api/chat"), peer="127.0.0.1")
+    assert status_line(transport) == b"HTTP/1.1 503 Service Unavailable"
+    # Without API keys the chat is as open as the API port itself: any address, same-origin.
+    transport, _ = raw(app, join_request("x", path="/api/chat"), peer="10.1.2.3")
+    assert status_line(transport) == b"HTTP/1.1 503 Service Unavailable"
+
+
+def test_with_api_keys_the_chat_is_for_loopback_or_the_console_token() -> None:
+    """The console passes the API's key check for its callers, so it must not open the API to everyone."""
+    node = make_node(api_keys=("sk-real",), console_token="s3cret")
+    node.api_port = None
+    app = ConsoleApp(node)
+    transport, _ = raw(app, join_request("x", path="/api/chat"), peer="10.1.2.3")
+    assert status_line(transport) == b"HTTP/1.1 403 Forbidden"
+    transport, _ = raw(app, join_request("x", path="/api/chat", host="evil.example:3131"), peer="127.0.0.1")
+    assert status_line(transport) == b"HTTP/1.1 403 Forbidden"
+    for peer, auth in (("127.0.0.1", None), ("10.1.2.3", "Bearer s3cret")):
+        transport, _ = raw(app, join_request("x", auth, path="/api/chat"), peer=peer)
+        assert status_line(transport) == b"HTTP/1.1 503 Service Unavailable", peer
+
+
+def test_a_host_reports_what_its_backend_served_for_the_mesh() -> None:
+    node = make_node(role=Role.HOST, serve_url="http://127.0.0.1:1")
+    node.hosted_models = ("tiny", "idle")
+    stats = BackendStats()
+    app = ConsoleApp(node, backend_stats=stats)
+    for _ in range(3):
+        stats.count_served("tiny")
+    stats.count_served("not-hosted-here")
+    rows = {m["name"]: m for m in json.loads(get(app, "/api/status")[2])["mesh_models"]}
+    assert rows["tiny"]["served_count"] == 3 and rows["idle"]["served_count"] == 0
+    assert "not-hosted-here" not in rows  # served names from callers do not make rows
+    assert "request_count" not in rows["tiny"]  # nobody asked through this node's own API
+    assert {m["name"]: m["served_count"] for m in json.loads(get(app, "/api/models")[2])["mesh_models"]} == {
+        "tiny": 3,
+        "idle": 0,
+    }
+    client = ConsoleApp(make_node())
+    assert all("served_count" not in m for m in json.loads(get(client, "/api/models")[2])["mesh_models"])
+
+
+def test_a_served_request_updates_the_open_dashboards() -> None:
+    node = make_node(role=Role.HOST, serve_url="http://127.0.0.1:1")
+    node.hosted_models = ("tiny",)
+    clock: Clock = node._reactor
+    clock.advance(100)
+    stats = BackendStats()
+    app = ConsoleApp(node, backend_stats=stats)
+    transport, proto = raw(app, b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n", peer="127.0.0.1")
+    assert b'"served_count":0' in transport.value()
+    transport.clear()
+    stats.count_served("tiny")
+    clock.advance(1)
+    assert b'"served_count":1' in transport.value()
+    proto.connectionLost(Exception("gone"))
+    app.close()
+    assert stats.on_served == []
+
+
+def test_the_console_token_is_not_in_the_config_repr() -> None:
+    config = make_node(console_token="s3cret-console-token").config
+    assert config.console_token == "s3cret-console-token"
+    assert "s3cret-console-token" not in repr(config)

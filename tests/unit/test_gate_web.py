@@ -6,7 +6,9 @@ import json
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -21,6 +23,7 @@ from meshd.protocol.token import EndpointAddr
 from meshd.web.api import APIApp
 from meshd.web.console import ConsoleApp
 from meshd.web.gate import APIKeys, Gate, GateResource, key_id
+from meshd.web.http import LimitedSite
 
 
 def make_node(clock: Clock | None = None, **kw: Any) -> Node:
@@ -422,3 +425,68 @@ def test_metrics_model_label_is_bounded_to_routable_models() -> None:
     assert m.model_label("tiny") == "tiny"
     assert m.model_label("made-up-by-a-caller") == "other"
     assert m.model_label(None) == "other"
+
+
+# -- the console's credential -------------------------------------------------------------------------
+
+
+def _raw_gate(resource: Any, request: bytes, peer: str) -> bytes:
+    """Feed raw HTTP to a site around ``resource`` as if it came from ``peer``; what was written back."""
+    site = LimitedSite(resource, lambda status, message, code: message.encode())
+    site.reactor = Clock()  # type: ignore[attr-defined]
+    addr = IPv4Address("TCP", peer, 5555)
+    proto = site.buildProtocol(addr)
+    assert proto is not None
+    transport = StringTransport(peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 9337))
+    proto.makeConnection(transport)
+    proto.dataReceived(request)
+    return transport.value()
+
+
+def _chat(path: str, credential: str | None) -> bytes:
+    body = b'{"model": "m"}'
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:9337\r\nContent-Type: application/json\r\n"
+    if credential is not None:
+        head += f"x-meshd-console: {credential}\r\n"
+    return head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def test_console_credential_opens_only_the_chat_route_and_only_from_loopback() -> None:
+    held = Held()
+    gate = Gate(Clock(), keys=APIKeys(["sk-a"]))
+    cred = gate.console_credential
+    assert len(cred) >= 40 and cred != Gate(Clock()).console_credential  # 32 random bytes, per gate
+    resource = GateResource(held, gate)
+    with Access() as log:
+        for path, peer, given in (
+            ("/v1/chat/completions", "127.0.0.1", None),  # absent
+            ("/v1/chat/completions", "127.0.0.1", cred[:-1] + ("A" if cred[-1] != "A" else "B")),  # guessed
+            ("/v1/chat/completions", "127.0.0.1", ""),
+            ("/v1/chat/completions", "10.0.0.7", cred),  # right, but not from this machine
+            ("/v1/embeddings", "127.0.0.1", cred),  # right, but another route
+            ("/v1/chat/completionsX", "127.0.0.1", cred),
+            ("/v1/models", "127.0.0.1", cred),
+        ):
+            out = _raw_gate(resource, _chat(path, given), peer)
+            assert out.startswith(b"HTTP/1.1 401 "), (path, peer, given, out[:80])
+        assert held.open == []
+        _raw_gate(resource, _chat("/v1/chat/completions", cred), "127.0.0.1")
+        assert len(held.open) == 1
+        # Nothing behind the gate (the app, the tunnel, a host) ever sees it.
+        assert held.open[0].getHeader(b"x-meshd-console") is None
+        assert held.open[0].getHeader(b"authorization") is None
+        held.finish_one()
+    assert [e["key_id"] for e in log.events][-1] == "console"
+    assert [e["status"] for e in log.events] == [401] * 7 + [200]
+    for event in log.events:
+        assert cred not in repr(event)
+    assert cred not in json.dumps(gate.status())
+
+
+def test_console_credential_header_is_dropped_by_an_open_gate_too() -> None:
+    held = Held()
+    gate = Gate(Clock())
+    _raw_gate(GateResource(held, gate), _chat("/v1/chat/completions", "anything"), "127.0.0.1")
+    _raw_gate(GateResource(held, gate), _chat("/v1/embeddings", gate.console_credential), "10.0.0.7")
+    assert len(held.open) == 2
+    assert [r.getHeader(b"x-meshd-console") for r in held.open] == [None, None]

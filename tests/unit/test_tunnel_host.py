@@ -97,7 +97,7 @@ def test_request_relayed_with_connection_close_and_response_streamed_back() -> N
     assert bytes(stream.written).endswith(b"5\r\nhello\r\n0\r\n\r\n")
     # Complete at the end of its framing: FIN, slot free, backend connection closed, before any close.
     assert stream.fin and stream.producer is None
-    assert backend.inflight == 0 and backend.stats.served == 1
+    assert backend.inflight == 0 and backend.stats.served == {"(other)": 1}
     assert transport.disconnecting
     proto.connectionLost(Failure(ConnectionDone()))
     assert backend.inflight == 0

@@ -147,27 +147,14 @@ function updateButtons() {
 
 // -- models ---------------------------------------------------------------------------------------
 
-async function loadModels() {
+// The warm models come with the status (same origin): the API port may want a key this page does not
+// have, or not be reachable from this browser at all.
+function loadModels() {
   const select = $("model");
-  let names = [];
-  let hosts = {};
-  try {
-    if (!status || !status.api_port) throw new Error("no API port yet");
-    const u = new URL(location.href);
-    u.port = String(status.api_port);
-    u.pathname = "/v1/models";
-    u.search = "";
-    u.hash = "";
-    const r = await fetch(u.toString(), { cache: "no-store" });
-    const body = await r.json();
-    names = (body.data || []).map((m) => m.id);
-    for (const m of body.data || []) hosts[m.id] = m.hosts;
-  } catch (e) {
-    // The API port may be unreachable from this browser: fall back to the status' warm models.
-    const warm = ((status && status.mesh_models) || []).filter((m) => m.status === "warm");
-    names = warm.map((m) => m.name);
-    for (const m of warm) hosts[m.name] = m.node_count;
-  }
+  const warm = ((status && status.mesh_models) || []).filter((m) => m.status === "warm");
+  const names = warm.map((m) => m.name);
+  const hosts = {};
+  for (const m of warm) hosts[m.name] = m.node_count;
   const wanted = select.value || store.model;
   if (!names.length) {
     fill(select, h("option", { value: "" }, "no model in the mesh yet"));
@@ -188,9 +175,8 @@ function showHosts(hosts) {
 function onStatus(st) {
   status = st;
   const warm = (st.mesh_models || []).filter((m) => m.status === "warm").map((m) => m.name + ":" + m.node_count).join(",");
-  const key = warm + "|" + st.api_port;
-  if (key !== modelsKey) {
-    modelsKey = key;
+  if (warm !== modelsKey) {
+    modelsKey = warm;
     loadModels();
   }
 }

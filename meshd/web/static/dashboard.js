@@ -49,13 +49,15 @@ function render(st) {
   $("stat-inflight").textContent = st.inflight_requests || 0;
 
   renderTopology(st, peers);
-  renderModels(models);
+  renderModels(models, !st.is_client);
   renderPeers(peers);
   $("token").textContent = st.token || "–";
   tick();
 }
 
-function renderModels(models) {
+function renderModels(models, isHost) {
+  // On a host, "Served here" counts what its backend answered for the whole mesh (every client).
+  for (const th of $("models-table").querySelectorAll("th.served-col")) th.hidden = !isHost;
   const body = $("models-table").querySelector("tbody");
   $("models-count").textContent = models.length ? String(models.length) : "";
   $("models-empty").hidden = models.length > 0;
@@ -72,6 +74,7 @@ function renderModels(models) {
         h("td", {}, h("span", { class: "badge " + (m.status === "warm" ? "warm" : "cold") }, m.status)),
         h("td", { class: "num" }, m.node_count),
         h("td", { class: "num" }, m.request_count === undefined ? "–" : m.request_count),
+        isHost ? h("td", { class: "num", "data-testid": "served" }, m.served_count === undefined ? "–" : m.served_count) : null,
         ago,
       );
     }),
@@ -115,20 +118,58 @@ function truncate(text, n) {
   return text.length > n ? text.slice(0, n - 1) + "…" : text;
 }
 
+// Topology geometry (SVG user units). Labels sit above nodes in the upper half and below them in the
+// lower half; the margins keep the outermost labels inside the drawing.
+const NODE_R = 16;
+const LABEL_REACH = 52; // from a peer's centre to the far edge of its two label lines
+const SELF_REACH = 70; // from this node's centre to the bottom of its labels
+const EDGE_PAD = 8;
+const ID_CHARS = 16;
+
+// Rough text widths for the layout (a monospace id; the model line in the UI font).
+function idWidth(text) {
+  return text.length * 7.8;
+}
+function modelWidth(text) {
+  return text.length * 6.8;
+}
+
 function renderTopology(st, peers) {
   // Drawn at the container's own width so text stays readable on a phone.
   const box = $("topology");
   const W = Math.round(Math.max(320, Math.min(760, box.clientWidth || 640)));
   const narrow = W < 520;
+  const modelChars = narrow ? 18 : 24;
   const hostPeers = peers.filter((p) => roleClass(p.role) === "host");
   const clientPeers = peers.filter((p) => roleClass(p.role) !== "host");
+  const modelLabel = (p) => {
+    const models = p.models || [];
+    return models.length ? truncate(models[0] + (models.length > 1 ? ` +${models.length - 1}` : ""), modelChars) : "";
+  };
   // Hosts above this node, clients below; one band only when there is one kind of peer.
   const both = hostPeers.length > 0 && clientPeers.length > 0;
   const H = both ? (narrow ? 380 : 420) : narrow ? 260 : 300;
   const cx = W / 2;
-  const cy = both || !peers.length ? H / 2 : hostPeers.length ? H - 85 : 85;
-  const rx = W / 2 - (narrow ? 52 : 90);
-  const ry = both ? H / 2 - 62 : H - 125;
+  const top = LABEL_REACH + EDGE_PAD; // the highest a peer's centre may be
+  const bottom = H - LABEL_REACH - EDGE_PAD; // the lowest
+  let cy;
+  let ry;
+  if (both || !peers.length) {
+    cy = H / 2;
+    ry = cy - top;
+  } else if (hostPeers.length) {
+    cy = H - SELF_REACH - EDGE_PAD;
+    ry = cy - top;
+  } else {
+    cy = 85; // nothing above this node but its halo
+    ry = bottom - cy;
+  }
+  // Leave room at the sides for the widest label of a peer drawn there.
+  const halfLabel = Math.max(
+    NODE_R,
+    ...peers.map((p) => Math.max(idWidth(truncate(p.id, ID_CHARS)), modelWidth(modelLabel(p))) / 2),
+  );
+  const rx = Math.max(40, W / 2 - halfLabel - EDGE_PAD);
   const place = (list, a0, a1) =>
     list.map((p, i) => {
       const deg = list.length === 1 ? (a0 + a1) / 2 : a0 + (i * (a1 - a0)) / (list.length - 1);
@@ -162,14 +203,14 @@ function renderTopology(st, peers) {
     const isHost = roleClass(p.role) === "host";
     const fillColor = isHost ? "var(--host)" : "var(--client)";
     const below = y >= cy;
-    const model = (p.models || [])[0];
+    const model = modelLabel(p);
     nodes.push(
       s("g", { class: "peer-node", "data-peer-id": p.id },
         s("title", {}, `${p.role} ${p.id}${model ? " · " + (p.models || []).join(", ") : ""}`),
-        s("circle", { cx: x, cy: y, r: 16, fill: fillColor, stroke: "#0d1218", "stroke-width": 3 }),
+        s("circle", { cx: x, cy: y, r: NODE_R, fill: fillColor, stroke: "#0d1218", "stroke-width": 3 }),
         s("text", { x, y: y + 4, "text-anchor": "middle", "font-size": 11, "font-weight": 700, fill: "#0d1218" }, isHost ? "H" : "C"),
-        s("text", { x, y: below ? y + 32 : y - 38, "text-anchor": "middle", "font-size": 12.5, "font-family": "ui-monospace, monospace", fill: "#e6edf3" }, p.id),
-        model ? s("text", { x, y: below ? y + 47 : y - 23, "text-anchor": "middle", "font-size": 11.5, fill: "#93a1b3" }, truncate(model + ((p.models || []).length > 1 ? ` +${p.models.length - 1}` : ""), 24)) : null),
+        s("text", { class: "node-label", x, y: below ? y + 32 : y - 38, "text-anchor": "middle", "font-size": 12.5, "font-family": "ui-monospace, monospace", fill: "#e6edf3" }, truncate(p.id, ID_CHARS)),
+        model ? s("text", { class: "node-label", x, y: below ? y + 47 : y - 23, "text-anchor": "middle", "font-size": 11.5, fill: "#93a1b3" }, model) : null),
     );
   }
   const selfColor = "var(--accent)";
@@ -177,16 +218,37 @@ function renderTopology(st, peers) {
     s("circle", { cx, cy, r: 30, fill: "none", stroke: selfColor, "stroke-opacity": 0.35, "stroke-width": 8 }),
     s("circle", { cx, cy, r: 24, fill: selfColor }),
     s("text", { x: cx, y: cy + 4, "text-anchor": "middle", "font-size": 11, "font-weight": 800, fill: "#062624" }, "YOU"),
-    s("text", { x: cx, y: cy + 50, "text-anchor": "middle", "font-size": 12.5, "font-family": "ui-monospace, monospace", fill: "#e6edf3" }, st.node_id || ""),
-    s("text", { x: cx, y: cy + 65, "text-anchor": "middle", "font-size": 11.5, fill: "#93a1b3" }, st.is_client ? "client (this node)" : "host (this node)"),
+    s("text", { class: "node-label", x: cx, y: cy + 50, "text-anchor": "middle", "font-size": 12.5, "font-family": "ui-monospace, monospace", fill: "#e6edf3" }, truncate(st.node_id || "", ID_CHARS)),
+    s("text", { class: "node-label", x: cx, y: cy + 65, "text-anchor": "middle", "font-size": 11.5, fill: "#93a1b3" }, st.is_client ? "client (this node)" : "host (this node)"),
   );
   const children = [...edges, ...nodes, self, ...labels];
   if (!peers.length) {
-    children.push(s("text", { x: cx, y: 40, "text-anchor": "middle", "font-size": 13, fill: "#93a1b3" }, st.node_state === "joining" || st.node_state === "discovering" ? "Looking for peers…" : "No peers: paste an invite token below to join a mesh"));
+    const looking = st.node_state === "joining" || st.node_state === "discovering";
+    const lines = looking ? ["Looking for peers…"] : ["No peers yet:", "paste an invite token below to join a mesh"];
+    lines.forEach((t, i) => children.push(s("text", { class: "node-label", x: cx, y: 30 + i * 17, "text-anchor": "middle", "font-size": 13, fill: "#93a1b3" }, t)));
   }
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "presentation" }, ...children);
   fill($("topology"), svg);
+  fitDrawing(svg, W, H);
   $("topology").setAttribute("aria-label", `Topology: this node and ${peers.length} peer(s), ${hostPeers.length} host(s)`);
+}
+
+// The layout above uses estimated text widths; should a label still reach past the drawing (another
+// font, a long name), widen the view box to take it in rather than cut it off.
+function fitDrawing(svg, W, H) {
+  let b;
+  try {
+    b = svg.getBBox();
+  } catch (e) {
+    return;
+  }
+  if (!b || (b.width === 0 && b.height === 0)) return; // not laid out (hidden)
+  if (b.x >= 0 && b.y >= 0 && b.x + b.width <= W && b.y + b.height <= H) return;
+  const x0 = Math.min(0, b.x - EDGE_PAD);
+  const y0 = Math.min(0, b.y - EDGE_PAD);
+  const x1 = Math.max(W, b.x + b.width + EDGE_PAD);
+  const y1 = Math.max(H, b.y + b.height + EDGE_PAD);
+  svg.setAttribute("viewBox", `${x0} ${y0} ${x1 - x0} ${y1 - y0}`);
 }
 
 // -- invite, join ---------------------------------------------------------------------------------
