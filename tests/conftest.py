@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from twisted.logger import LogLevel, globalLogPublisher
 
-# Real parts for integration tests: llama-server with a tiny model, real Nostr relays.
-pytest_plugins = ["tests.integration.backend", "tests.integration.relays"]
+# Real parts for integration tests: llama-server with a tiny model, real Nostr relays, and the real
+# mesh-llm 0.76 client (its Node SDK in a Debian 13 chroot).
+pytest_plugins = ["tests.integration.backend", "tests.integration.relays", "tests.integration.mesh_sdk"]
 
 
 class LoggedErrors:

@@ -1,15 +1,23 @@
 """Pure (sans-IO) mesh-llm/1 codec: stream types, framing, validation, messages and tokens.
 
-Nothing in this package does I/O or imports Twisted or aioquic. See docs/protocol/mesh-llm-1.md.
+Nothing in this package does I/O or imports Twisted or aioquic. See docs/protocol/mesh-llm-1.md
+and, for what mesh-llm 0.76 changed, docs/protocol/mesh-llm-076.md.
 """
 
 from meshd.protocol import node_pb2
+from meshd.protocol.admission import (
+    add_gated_self_fields,
+    build_admission_proof,
+    check_direct_peer,
+    verify_admission_proof,
+)
 from meshd.protocol.errors import (
     BadGeneration,
     ForgedSender,
     FrameTooLarge,
     InvalidFrame,
     InvalidIdLength,
+    InvalidSubprotocol,
     InvalidToken,
     MalformedMessage,
     MissingHttpPort,
@@ -33,10 +41,13 @@ from meshd.protocol.keys import (
     parse_endpoint_id,
     short_id,
 )
+from meshd.protocol.mesh_id import gated_mesh_id, named_mesh_id, random_mesh_id
 from meshd.protocol.peers import (
     DemandEntry,
     GpuInfo,
     HardwareInfo,
+    InferenceAdmission,
+    LatencySource,
     ModelRuntime,
     PeerInfo,
     Role,
@@ -45,19 +56,32 @@ from meshd.protocol.peers import (
     build_peer_leaving,
     build_route_table_request,
     build_self_announcement,
+    cap_model_names,
     peer_info_from_announcement,
     sanitize_relayed_announcement,
+)
+from meshd.protocol.requirements import (
+    MeshGenesisPolicy,
+    MeshRequirements,
+    MeshRequirementState,
+    RequirementError,
+    SignedBootstrapToken,
+    SignedMeshGenesisPolicy,
 )
 from meshd.protocol.streams import (
     ALPN_V1,
     MAX_CONTROL_FRAME_BYTES,
+    NEVER_SENT,
     PRE_ADMISSION_STREAM_TYPES,
     PROTOCOL_GENERATION,
     StreamType,
+    TrustPolicy,
     allowed_before_admission,
 )
 from meshd.protocol.token import (
     EndpointAddr,
+    Invite,
+    decode_invite_token,
     decode_token,
     encode_token,
     relay_host_port,
@@ -65,18 +89,23 @@ from meshd.protocol.token import (
 )
 from meshd.protocol.validate import (
     check_gossip_sender,
+    decode_direct_path_request,
     decode_gossip_frame,
     decode_peer_down,
     decode_peer_leaving,
     decode_route_table,
     decode_route_table_request,
+    decode_subprotocol_open,
     decode_tunnel_map,
     valid_point_announcements,
 )
+from meshd.protocol.version import ANNOUNCED_VERSION, announced_version, passes_version_floor
 
 __all__ = [
     "ALPN_V1",
+    "ANNOUNCED_VERSION",
     "MAX_CONTROL_FRAME_BYTES",
+    "NEVER_SENT",
     "PRE_ADMISSION_STREAM_TYPES",
     "PROTOCOL_GENERATION",
     "BadGeneration",
@@ -87,32 +116,51 @@ __all__ = [
     "FrameTooLarge",
     "GpuInfo",
     "HardwareInfo",
+    "InferenceAdmission",
     "InvalidFrame",
     "InvalidIdLength",
+    "InvalidSubprotocol",
     "InvalidToken",
+    "Invite",
+    "LatencySource",
     "MalformedMessage",
+    "MeshGenesisPolicy",
+    "MeshRequirementState",
+    "MeshRequirements",
     "MissingHttpPort",
     "ModelRuntime",
     "PeerInfo",
     "ProtocolError",
+    "RequirementError",
     "Role",
+    "SignedBootstrapToken",
+    "SignedMeshGenesisPolicy",
     "StreamType",
     "StreamTypeReader",
     "TruncatedFrame",
+    "TrustPolicy",
     "UnknownStreamType",
+    "add_gated_self_fields",
     "allowed_before_admission",
+    "announced_version",
+    "build_admission_proof",
     "build_gossip_frame",
     "build_peer_down",
     "build_peer_leaving",
     "build_route_table_request",
     "build_self_announcement",
+    "cap_model_names",
+    "check_direct_peer",
     "check_gossip_sender",
+    "decode_direct_path_request",
     "decode_gossip_frame",
+    "decode_invite_token",
     "decode_peer_down",
     "decode_peer_leaving",
     "decode_route_table",
     "decode_route_table_request",
     "decode_single_frame",
+    "decode_subprotocol_open",
     "decode_token",
     "decode_tunnel_map",
     "encode_frame",
@@ -121,14 +169,19 @@ __all__ = [
     "encode_token",
     "endpoint_id_base32",
     "endpoint_id_hex",
+    "gated_mesh_id",
     "is_valid_ed25519_point",
+    "named_mesh_id",
     "node_pb2",
     "parse_endpoint_id",
     "parse_stream_type",
+    "passes_version_floor",
     "peer_info_from_announcement",
+    "random_mesh_id",
     "relay_host_port",
     "relay_tls_hostname",
     "sanitize_relayed_announcement",
     "short_id",
     "valid_point_announcements",
+    "verify_admission_proof",
 ]

@@ -12,6 +12,7 @@ __all__ = [
     "FrameTooLarge",
     "InvalidFrame",
     "InvalidIdLength",
+    "InvalidSubprotocol",
     "InvalidToken",
     "MalformedMessage",
     "MissingHttpPort",
@@ -106,9 +107,25 @@ class ForgedSender(InvalidFrame):
         self.remote = remote
 
 
-class InvalidToken(ProtocolError):
-    """An invite token (or EndpointAddr JSON) that cannot be decoded."""
+class InvalidSubprotocol(InvalidFrame):
+    """A ``subprotocols`` entry (or a ``MeshSubprotocolOpen``) with a blank name or major 0. In a
+    GossipFrame it rejects the whole frame, as mesh-llm 0.76 does."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, name: str, major: int) -> None:
+        super().__init__(f"invalid subprotocol {name!r} major {major}: needs a name and a non-zero major")
+        self.name = name
+        self.major = major
+
+
+class InvalidToken(ProtocolError):
+    """An invite token (or EndpointAddr JSON) that cannot be decoded or does not verify.
+
+    ``code`` is mesh-llm's reason code: ``bootstrap_token_invalid`` for anything that does not
+    decode (as mesh-llm reports it), or the code of the failed signed-token check, e.g.
+    ``bootstrap_token_expired`` or ``mesh_policy_mismatch``.
+    """
+
+    def __init__(self, reason: str, code: str = "bootstrap_token_invalid") -> None:
         super().__init__(f"invalid invite token: {reason}")
         self.reason = reason
+        self.code = code

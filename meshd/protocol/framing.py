@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 
 from meshd.protocol.errors import FrameTooLarge, InvalidFrame, TruncatedFrame, UnknownStreamType
-from meshd.protocol.streams import MAX_CONTROL_FRAME_BYTES, StreamType
+from meshd.protocol.streams import MAX_CONTROL_FRAME_BYTES, NEVER_SENT, StreamType
 
 __all__ = [
     "LENGTH_PREFIX_BYTES",
@@ -40,8 +40,15 @@ def parse_stream_type(byte: int) -> StreamType:
 
 
 def encode_stream_type(stream_type: StreamType) -> bytes:
-    """The single byte that opens a stream (all that precedes raw TUNNEL_HTTP bytes)."""
-    return bytes((StreamType(stream_type),))
+    """The single byte that opens a stream (all that precedes raw TUNNEL_HTTP bytes).
+
+    Raises ``ValueError`` for the types meshd must never open (:data:`~meshd.protocol.streams.NEVER_SENT`,
+    0x02 above all).
+    """
+    stream_type = StreamType(stream_type)
+    if stream_type in NEVER_SENT:
+        raise ValueError(f"meshd never opens a {stream_type.name} (0x{stream_type.value:02x}) stream")
+    return bytes((stream_type,))
 
 
 def encode_frame(body: bytes, *, limit: int = MAX_CONTROL_FRAME_BYTES) -> bytes:

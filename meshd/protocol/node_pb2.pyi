@@ -29,6 +29,21 @@ class ModelSourceKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_SOURCE_KIND_LOCAL_GGUF: _ClassVar[ModelSourceKind]
     MODEL_SOURCE_KIND_DIRECT_URL: _ClassVar[ModelSourceKind]
     MODEL_SOURCE_KIND_UNKNOWN: _ClassVar[ModelSourceKind]
+
+class InferenceAdmissionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INFERENCE_ADMISSION_STATE_UNSPECIFIED: _ClassVar[InferenceAdmissionState]
+    INFERENCE_ADMISSION_STATE_ACCEPTING: _ClassVar[InferenceAdmissionState]
+    INFERENCE_ADMISSION_STATE_ACCEPTING_DEPRIORITIZED: _ClassVar[InferenceAdmissionState]
+    INFERENCE_ADMISSION_STATE_REMOTE_PAUSED: _ClassVar[InferenceAdmissionState]
+    INFERENCE_ADMISSION_STATE_ALL_PAUSED: _ClassVar[InferenceAdmissionState]
+
+class LatencySource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LATENCY_SOURCE_UNSPECIFIED: _ClassVar[LatencySource]
+    LATENCY_SOURCE_DIRECT: _ClassVar[LatencySource]
+    LATENCY_SOURCE_ESTIMATED: _ClassVar[LatencySource]
+    LATENCY_SOURCE_UNKNOWN: _ClassVar[LatencySource]
 NODE_ROLE_UNSPECIFIED: NodeRole
 WORKER: NodeRole
 HOST: NodeRole
@@ -43,6 +58,15 @@ MODEL_SOURCE_KIND_HUGGING_FACE: ModelSourceKind
 MODEL_SOURCE_KIND_LOCAL_GGUF: ModelSourceKind
 MODEL_SOURCE_KIND_DIRECT_URL: ModelSourceKind
 MODEL_SOURCE_KIND_UNKNOWN: ModelSourceKind
+INFERENCE_ADMISSION_STATE_UNSPECIFIED: InferenceAdmissionState
+INFERENCE_ADMISSION_STATE_ACCEPTING: InferenceAdmissionState
+INFERENCE_ADMISSION_STATE_ACCEPTING_DEPRIORITIZED: InferenceAdmissionState
+INFERENCE_ADMISSION_STATE_REMOTE_PAUSED: InferenceAdmissionState
+INFERENCE_ADMISSION_STATE_ALL_PAUSED: InferenceAdmissionState
+LATENCY_SOURCE_UNSPECIFIED: LatencySource
+LATENCY_SOURCE_DIRECT: LatencySource
+LATENCY_SOURCE_ESTIMATED: LatencySource
+LATENCY_SOURCE_UNKNOWN: LatencySource
 
 class GossipFrame(_message.Message):
     __slots__ = ("gen", "peers", "sender_id")
@@ -55,7 +79,7 @@ class GossipFrame(_message.Message):
     def __init__(self, gen: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerAnnouncement, _Mapping]]] = ..., sender_id: _Optional[bytes] = ...) -> None: ...
 
 class PeerAnnouncement(_message.Message):
-    __slots__ = ("endpoint_id", "role", "http_port", "version", "gpu_name", "hostname", "is_soc", "gpu_vram", "available_models", "serving_models", "requested_models", "available_model_metadata", "experts_summary", "rtt_ms", "catalog_models", "vram_bytes", "model_source", "primary_serving", "mesh_id", "demand", "available_model_sizes", "serialized_addr", "hosted_models", "hosted_models_known", "served_model_descriptors", "served_model_identities", "served_model_runtime", "owner_attestation", "gpu_mem_bandwidth_gbps", "gpu_compute_tflops_fp32", "gpu_compute_tflops_fp16", "gpu_reserved_bytes", "hardware", "first_joined_mesh_ts")
+    __slots__ = ("endpoint_id", "role", "http_port", "version", "gpu_name", "hostname", "is_soc", "gpu_vram", "available_models", "serving_models", "requested_models", "available_model_metadata", "experts_summary", "rtt_ms", "catalog_models", "vram_bytes", "model_source", "primary_serving", "mesh_id", "demand", "available_model_sizes", "serialized_addr", "hosted_models", "hosted_models_known", "served_model_descriptors", "served_model_identities", "served_model_runtime", "owner_attestation", "gpu_mem_bandwidth_gbps", "gpu_compute_tflops_fp32", "gpu_compute_tflops_fp16", "gpu_reserved_bytes", "hardware", "first_joined_mesh_ts", "explicit_model_interests", "subprotocols", "latency_ms", "latency_source", "latency_age_ms", "latency_observer_id", "advertised_model_throughput", "mesh_policy_hash", "genesis_policy", "release_attestation", "direct_admission_proof", "inference_admission_state")
     class AvailableModelSizesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +121,18 @@ class PeerAnnouncement(_message.Message):
     GPU_RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     FIRST_JOINED_MESH_TS_FIELD_NUMBER: _ClassVar[int]
+    EXPLICIT_MODEL_INTERESTS_FIELD_NUMBER: _ClassVar[int]
+    SUBPROTOCOLS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_OBSERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADVERTISED_MODEL_THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
+    MESH_POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
+    GENESIS_POLICY_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_ATTESTATION_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_ADMISSION_PROOF_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_ADMISSION_STATE_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: bytes
     role: NodeRole
     http_port: int
@@ -131,7 +167,167 @@ class PeerAnnouncement(_message.Message):
     gpu_reserved_bytes: str
     hardware: HardwareInfo
     first_joined_mesh_ts: int
-    def __init__(self, endpoint_id: _Optional[bytes] = ..., role: _Optional[_Union[NodeRole, str]] = ..., http_port: _Optional[int] = ..., version: _Optional[str] = ..., gpu_name: _Optional[str] = ..., hostname: _Optional[str] = ..., is_soc: _Optional[bool] = ..., gpu_vram: _Optional[str] = ..., available_models: _Optional[_Iterable[str]] = ..., serving_models: _Optional[_Iterable[str]] = ..., requested_models: _Optional[_Iterable[str]] = ..., available_model_metadata: _Optional[_Iterable[_Union[CompactModelMetadata, _Mapping]]] = ..., experts_summary: _Optional[_Union[ExpertsSummary, _Mapping]] = ..., rtt_ms: _Optional[int] = ..., catalog_models: _Optional[_Iterable[str]] = ..., vram_bytes: _Optional[int] = ..., model_source: _Optional[str] = ..., primary_serving: _Optional[str] = ..., mesh_id: _Optional[str] = ..., demand: _Optional[_Iterable[_Union[ModelDemandEntry, _Mapping]]] = ..., available_model_sizes: _Optional[_Mapping[str, int]] = ..., serialized_addr: _Optional[bytes] = ..., hosted_models: _Optional[_Iterable[str]] = ..., hosted_models_known: _Optional[bool] = ..., served_model_descriptors: _Optional[_Iterable[_Union[ServedModelDescriptor, _Mapping]]] = ..., served_model_identities: _Optional[_Iterable[_Union[ServedModelIdentity, _Mapping]]] = ..., served_model_runtime: _Optional[_Iterable[_Union[ModelRuntimeDescriptor, _Mapping]]] = ..., owner_attestation: _Optional[_Union[SignedNodeOwnership, _Mapping]] = ..., gpu_mem_bandwidth_gbps: _Optional[str] = ..., gpu_compute_tflops_fp32: _Optional[str] = ..., gpu_compute_tflops_fp16: _Optional[str] = ..., gpu_reserved_bytes: _Optional[str] = ..., hardware: _Optional[_Union[HardwareInfo, _Mapping]] = ..., first_joined_mesh_ts: _Optional[int] = ...) -> None: ...
+    explicit_model_interests: _containers.RepeatedScalarFieldContainer[str]
+    subprotocols: _containers.RepeatedCompositeFieldContainer[MeshSubprotocol]
+    latency_ms: int
+    latency_source: LatencySource
+    latency_age_ms: int
+    latency_observer_id: bytes
+    advertised_model_throughput: _containers.RepeatedCompositeFieldContainer[AdvertisedModelThroughput]
+    mesh_policy_hash: str
+    genesis_policy: SignedMeshGenesisPolicy
+    release_attestation: ReleaseBuildAttestation
+    direct_admission_proof: DirectNodeAdmissionProof
+    inference_admission_state: InferenceAdmissionState
+    def __init__(self, endpoint_id: _Optional[bytes] = ..., role: _Optional[_Union[NodeRole, str]] = ..., http_port: _Optional[int] = ..., version: _Optional[str] = ..., gpu_name: _Optional[str] = ..., hostname: _Optional[str] = ..., is_soc: _Optional[bool] = ..., gpu_vram: _Optional[str] = ..., available_models: _Optional[_Iterable[str]] = ..., serving_models: _Optional[_Iterable[str]] = ..., requested_models: _Optional[_Iterable[str]] = ..., available_model_metadata: _Optional[_Iterable[_Union[CompactModelMetadata, _Mapping]]] = ..., experts_summary: _Optional[_Union[ExpertsSummary, _Mapping]] = ..., rtt_ms: _Optional[int] = ..., catalog_models: _Optional[_Iterable[str]] = ..., vram_bytes: _Optional[int] = ..., model_source: _Optional[str] = ..., primary_serving: _Optional[str] = ..., mesh_id: _Optional[str] = ..., demand: _Optional[_Iterable[_Union[ModelDemandEntry, _Mapping]]] = ..., available_model_sizes: _Optional[_Mapping[str, int]] = ..., serialized_addr: _Optional[bytes] = ..., hosted_models: _Optional[_Iterable[str]] = ..., hosted_models_known: _Optional[bool] = ..., served_model_descriptors: _Optional[_Iterable[_Union[ServedModelDescriptor, _Mapping]]] = ..., served_model_identities: _Optional[_Iterable[_Union[ServedModelIdentity, _Mapping]]] = ..., served_model_runtime: _Optional[_Iterable[_Union[ModelRuntimeDescriptor, _Mapping]]] = ..., owner_attestation: _Optional[_Union[SignedNodeOwnership, _Mapping]] = ..., gpu_mem_bandwidth_gbps: _Optional[str] = ..., gpu_compute_tflops_fp32: _Optional[str] = ..., gpu_compute_tflops_fp16: _Optional[str] = ..., gpu_reserved_bytes: _Optional[str] = ..., hardware: _Optional[_Union[HardwareInfo, _Mapping]] = ..., first_joined_mesh_ts: _Optional[int] = ..., explicit_model_interests: _Optional[_Iterable[str]] = ..., subprotocols: _Optional[_Iterable[_Union[MeshSubprotocol, _Mapping]]] = ..., latency_ms: _Optional[int] = ..., latency_source: _Optional[_Union[LatencySource, str]] = ..., latency_age_ms: _Optional[int] = ..., latency_observer_id: _Optional[bytes] = ..., advertised_model_throughput: _Optional[_Iterable[_Union[AdvertisedModelThroughput, _Mapping]]] = ..., mesh_policy_hash: _Optional[str] = ..., genesis_policy: _Optional[_Union[SignedMeshGenesisPolicy, _Mapping]] = ..., release_attestation: _Optional[_Union[ReleaseBuildAttestation, _Mapping]] = ..., direct_admission_proof: _Optional[_Union[DirectNodeAdmissionProof, _Mapping]] = ..., inference_admission_state: _Optional[_Union[InferenceAdmissionState, str]] = ...) -> None: ...
+
+class SignedMeshGenesisPolicy(_message.Message):
+    __slots__ = ("version", "policy", "origin_sign_public_key", "signature_algorithm", "signature")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_SIGN_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    policy: MeshGenesisPolicy
+    origin_sign_public_key: bytes
+    signature_algorithm: str
+    signature: bytes
+    def __init__(self, version: _Optional[int] = ..., policy: _Optional[_Union[MeshGenesisPolicy, _Mapping]] = ..., origin_sign_public_key: _Optional[bytes] = ..., signature_algorithm: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class MeshGenesisPolicy(_message.Message):
+    __slots__ = ("version", "origin_owner_id", "created_at_unix_ms", "requirements")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    origin_owner_id: str
+    created_at_unix_ms: int
+    requirements: MeshRequirements
+    def __init__(self, version: _Optional[int] = ..., origin_owner_id: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., requirements: _Optional[_Union[MeshRequirements, _Mapping]] = ...) -> None: ...
+
+class MeshRequirements(_message.Message):
+    __slots__ = ("node_version", "protocol_generation", "release_attestation")
+    NODE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_ATTESTATION_FIELD_NUMBER: _ClassVar[int]
+    node_version: NodeVersionBounds
+    protocol_generation: ProtocolGenerationBounds
+    release_attestation: ReleaseAttestationRequirement
+    def __init__(self, node_version: _Optional[_Union[NodeVersionBounds, _Mapping]] = ..., protocol_generation: _Optional[_Union[ProtocolGenerationBounds, _Mapping]] = ..., release_attestation: _Optional[_Union[ReleaseAttestationRequirement, _Mapping]] = ...) -> None: ...
+
+class NodeVersionBounds(_message.Message):
+    __slots__ = ("min", "max")
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    min: str
+    max: str
+    def __init__(self, min: _Optional[str] = ..., max: _Optional[str] = ...) -> None: ...
+
+class ProtocolGenerationBounds(_message.Message):
+    __slots__ = ("min", "max")
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    min: int
+    max: int
+    def __init__(self, min: _Optional[int] = ..., max: _Optional[int] = ...) -> None: ...
+
+class ReleaseAttestationRequirement(_message.Message):
+    __slots__ = ("required", "allowed_signer_keys")
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_SIGNER_KEYS_FIELD_NUMBER: _ClassVar[int]
+    required: bool
+    allowed_signer_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, required: _Optional[bool] = ..., allowed_signer_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SignedBootstrapToken(_message.Message):
+    __slots__ = ("version", "serialized_addrs", "mesh_id", "policy_hash", "genesis_policy", "expires_at_unix_ms", "origin_sign_public_key", "signature_algorithm", "signature")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERIALIZED_ADDRS_FIELD_NUMBER: _ClassVar[int]
+    MESH_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
+    GENESIS_POLICY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_SIGN_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    serialized_addrs: _containers.RepeatedScalarFieldContainer[bytes]
+    mesh_id: str
+    policy_hash: str
+    genesis_policy: MeshGenesisPolicy
+    expires_at_unix_ms: int
+    origin_sign_public_key: bytes
+    signature_algorithm: str
+    signature: bytes
+    def __init__(self, version: _Optional[int] = ..., serialized_addrs: _Optional[_Iterable[bytes]] = ..., mesh_id: _Optional[str] = ..., policy_hash: _Optional[str] = ..., genesis_policy: _Optional[_Union[MeshGenesisPolicy, _Mapping]] = ..., expires_at_unix_ms: _Optional[int] = ..., origin_sign_public_key: _Optional[bytes] = ..., signature_algorithm: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ReleaseBuildAttestation(_message.Message):
+    __slots__ = ("version", "node_version", "build_id", "commit", "target_triple", "supported_protocol_generation_min", "supported_protocol_generation_max", "artifact_digest", "signer_key_id", "signature_algorithm", "signature")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    NODE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TRIPLE_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTED_PROTOCOL_GENERATION_MIN_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTED_PROTOCOL_GENERATION_MAX_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    node_version: str
+    build_id: str
+    commit: str
+    target_triple: str
+    supported_protocol_generation_min: int
+    supported_protocol_generation_max: int
+    artifact_digest: str
+    signer_key_id: str
+    signature_algorithm: str
+    signature: bytes
+    def __init__(self, version: _Optional[int] = ..., node_version: _Optional[str] = ..., build_id: _Optional[str] = ..., commit: _Optional[str] = ..., target_triple: _Optional[str] = ..., supported_protocol_generation_min: _Optional[int] = ..., supported_protocol_generation_max: _Optional[int] = ..., artifact_digest: _Optional[str] = ..., signer_key_id: _Optional[str] = ..., signature_algorithm: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class DirectNodeAdmissionProof(_message.Message):
+    __slots__ = ("version", "sender_id", "mesh_id", "policy_hash", "attestation_hash", "timestamp_unix_ms", "signature_algorithm", "signature")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SENDER_ID_FIELD_NUMBER: _ClassVar[int]
+    MESH_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
+    ATTESTATION_HASH_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    sender_id: bytes
+    mesh_id: str
+    policy_hash: str
+    attestation_hash: str
+    timestamp_unix_ms: int
+    signature_algorithm: str
+    signature: bytes
+    def __init__(self, version: _Optional[int] = ..., sender_id: _Optional[bytes] = ..., mesh_id: _Optional[str] = ..., policy_hash: _Optional[str] = ..., attestation_hash: _Optional[str] = ..., timestamp_unix_ms: _Optional[int] = ..., signature_algorithm: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class AdvertisedModelThroughput(_message.Message):
+    __slots__ = ("model_name", "avg_tokens_per_second_milli", "throughput_samples")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    AVG_TOKENS_PER_SECOND_MILLI_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    avg_tokens_per_second_milli: int
+    throughput_samples: int
+    def __init__(self, model_name: _Optional[str] = ..., avg_tokens_per_second_milli: _Optional[int] = ..., throughput_samples: _Optional[int] = ...) -> None: ...
+
+class MeshSubprotocol(_message.Message):
+    __slots__ = ("name", "major", "features")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MAJOR_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    major: int
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., major: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HardwareInfo(_message.Message):
     __slots__ = ("is_soc", "hostname", "gpus")
@@ -184,14 +380,46 @@ class SignedNodeOwnership(_message.Message):
     def __init__(self, version: _Optional[int] = ..., cert_id: _Optional[str] = ..., owner_id: _Optional[str] = ..., owner_sign_public_key: _Optional[bytes] = ..., node_endpoint_id: _Optional[bytes] = ..., issued_at_unix_ms: _Optional[int] = ..., expires_at_unix_ms: _Optional[int] = ..., node_label: _Optional[str] = ..., hostname_hint: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ServedModelDescriptor(_message.Message):
-    __slots__ = ("identity", "capabilities", "topology")
+    __slots__ = ("identity", "capabilities", "topology", "capabilities_known", "metadata")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     identity: ServedModelIdentity
     capabilities: ModelCapabilities
     topology: ModelTopology
-    def __init__(self, identity: _Optional[_Union[ServedModelIdentity, _Mapping]] = ..., capabilities: _Optional[_Union[ModelCapabilities, _Mapping]] = ..., topology: _Optional[_Union[ModelTopology, _Mapping]] = ...) -> None: ...
+    capabilities_known: bool
+    metadata: ServedModelMetadata
+    def __init__(self, identity: _Optional[_Union[ServedModelIdentity, _Mapping]] = ..., capabilities: _Optional[_Union[ModelCapabilities, _Mapping]] = ..., topology: _Optional[_Union[ModelTopology, _Mapping]] = ..., capabilities_known: _Optional[bool] = ..., metadata: _Optional[_Union[ServedModelMetadata, _Mapping]] = ...) -> None: ...
+
+class ServedModelMetadata(_message.Message):
+    __slots__ = ("architecture", "parameter_size", "parameter_count_b", "quant", "native_context_length", "tokenizer", "layer_count", "embedding_size", "head_count", "kv_head_count", "expert_count", "active_expert_count")
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_COUNT_B_FIELD_NUMBER: _ClassVar[int]
+    QUANT_FIELD_NUMBER: _ClassVar[int]
+    NATIVE_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    LAYER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    KV_HEAD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXPERT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_EXPERT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    architecture: str
+    parameter_size: str
+    parameter_count_b: float
+    quant: str
+    native_context_length: int
+    tokenizer: str
+    layer_count: int
+    embedding_size: int
+    head_count: int
+    kv_head_count: int
+    expert_count: int
+    active_expert_count: int
+    def __init__(self, architecture: _Optional[str] = ..., parameter_size: _Optional[str] = ..., parameter_count_b: _Optional[float] = ..., quant: _Optional[str] = ..., native_context_length: _Optional[int] = ..., tokenizer: _Optional[str] = ..., layer_count: _Optional[int] = ..., embedding_size: _Optional[int] = ..., head_count: _Optional[int] = ..., kv_head_count: _Optional[int] = ..., expert_count: _Optional[int] = ..., active_expert_count: _Optional[int] = ...) -> None: ...
 
 class ServedModelIdentity(_message.Message):
     __slots__ = ("model_name", "is_primary", "source_kind", "canonical_ref", "repository", "revision", "artifact", "local_file_name", "identity_hash")
@@ -274,7 +502,7 @@ class ModelMoeInfo(_message.Message):
     def __init__(self, expert_count: _Optional[int] = ..., used_expert_count: _Optional[int] = ..., min_experts_per_node: _Optional[int] = ..., source: _Optional[str] = ..., ranking_source: _Optional[str] = ..., ranking: _Optional[_Iterable[int]] = ..., ranking_prompt_count: _Optional[int] = ..., ranking_tokens: _Optional[int] = ..., ranking_layer_scope: _Optional[str] = ..., ranking_origin: _Optional[str] = ...) -> None: ...
 
 class CompactModelMetadata(_message.Message):
-    __slots__ = ("model_key", "context_length", "vocab_size", "embedding_size", "head_count", "layer_count", "feed_forward_length", "key_length", "value_length", "architecture", "tokenizer_model_name", "special_tokens", "rope_scale", "rope_freq_base", "is_moe", "expert_count", "used_expert_count", "quantization_type")
+    __slots__ = ("model_key", "context_length", "vocab_size", "embedding_size", "head_count", "layer_count", "feed_forward_length", "key_length", "value_length", "architecture", "tokenizer_model_name", "special_tokens", "rope_scale", "rope_freq_base", "is_moe", "expert_count", "used_expert_count", "quantization_type", "kv_head_count", "parameter_size")
     MODEL_KEY_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +521,8 @@ class CompactModelMetadata(_message.Message):
     EXPERT_COUNT_FIELD_NUMBER: _ClassVar[int]
     USED_EXPERT_COUNT_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KV_HEAD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_SIZE_FIELD_NUMBER: _ClassVar[int]
     model_key: str
     context_length: int
     vocab_size: int
@@ -311,7 +541,9 @@ class CompactModelMetadata(_message.Message):
     expert_count: int
     used_expert_count: int
     quantization_type: str
-    def __init__(self, model_key: _Optional[str] = ..., context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., embedding_size: _Optional[int] = ..., head_count: _Optional[int] = ..., layer_count: _Optional[int] = ..., feed_forward_length: _Optional[int] = ..., key_length: _Optional[int] = ..., value_length: _Optional[int] = ..., architecture: _Optional[str] = ..., tokenizer_model_name: _Optional[str] = ..., special_tokens: _Optional[_Iterable[_Union[SpecialToken, _Mapping]]] = ..., rope_scale: _Optional[float] = ..., rope_freq_base: _Optional[float] = ..., is_moe: _Optional[bool] = ..., expert_count: _Optional[int] = ..., used_expert_count: _Optional[int] = ..., quantization_type: _Optional[str] = ...) -> None: ...
+    kv_head_count: int
+    parameter_size: str
+    def __init__(self, model_key: _Optional[str] = ..., context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., embedding_size: _Optional[int] = ..., head_count: _Optional[int] = ..., layer_count: _Optional[int] = ..., feed_forward_length: _Optional[int] = ..., key_length: _Optional[int] = ..., value_length: _Optional[int] = ..., architecture: _Optional[str] = ..., tokenizer_model_name: _Optional[str] = ..., special_tokens: _Optional[_Iterable[_Union[SpecialToken, _Mapping]]] = ..., rope_scale: _Optional[float] = ..., rope_freq_base: _Optional[float] = ..., is_moe: _Optional[bool] = ..., expert_count: _Optional[int] = ..., used_expert_count: _Optional[int] = ..., quantization_type: _Optional[str] = ..., kv_head_count: _Optional[int] = ..., parameter_size: _Optional[str] = ...) -> None: ...
 
 class SpecialToken(_message.Message):
     __slots__ = ("name", "token_id")
@@ -400,3 +632,23 @@ class PeerLeaving(_message.Message):
     peer_id: bytes
     gen: int
     def __init__(self, peer_id: _Optional[bytes] = ..., gen: _Optional[int] = ...) -> None: ...
+
+class MeshSubprotocolOpen(_message.Message):
+    __slots__ = ("gen", "name", "major")
+    GEN_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MAJOR_FIELD_NUMBER: _ClassVar[int]
+    gen: int
+    name: str
+    major: int
+    def __init__(self, gen: _Optional[int] = ..., name: _Optional[str] = ..., major: _Optional[int] = ...) -> None: ...
+
+class DirectPathRequest(_message.Message):
+    __slots__ = ("requester_id", "gen", "serialized_addr")
+    REQUESTER_ID_FIELD_NUMBER: _ClassVar[int]
+    GEN_FIELD_NUMBER: _ClassVar[int]
+    SERIALIZED_ADDR_FIELD_NUMBER: _ClassVar[int]
+    requester_id: bytes
+    gen: int
+    serialized_addr: bytes
+    def __init__(self, requester_id: _Optional[bytes] = ..., gen: _Optional[int] = ..., serialized_addr: _Optional[bytes] = ...) -> None: ...

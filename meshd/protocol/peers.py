@@ -1,9 +1,10 @@
 """Pure conversions between gossip ``PeerAnnouncement`` messages and meshd's peer records,
-plus builders for the messages meshd sends (MESH_PROTOCOL.md §5.5, §5.7, §5.10).
+plus builders for the messages meshd sends (MESH_PROTOCOL.md §5.5, §5.7, §5.10;
+MESH_PROTOCOL_076.md §4).
 
-:func:`peer_info_from_announcement` follows mesh-llm's receiver-side reading of an announcement
-(``proto_ann_to_local``); :func:`build_self_announcement` produces the entry a node puts last in
-its own GossipFrame.
+:func:`peer_info_from_announcement` follows mesh-llm 0.76's receiver-side reading of an
+announcement (``proto_ann_to_local``), including its ingest caps on model-name lists;
+:func:`build_self_announcement` produces the entry a node puts last in its own GossipFrame.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ import attrs
 
 from meshd.protocol import node_pb2
 from meshd.protocol.errors import InvalidToken
-from meshd.protocol.keys import ENDPOINT_ID_BYTES
+from meshd.protocol.keys import ENDPOINT_ID_BYTES, is_valid_ed25519_point
 from meshd.protocol.streams import PROTOCOL_GENERATION
 from meshd.protocol.token import EndpointAddr
 
 __all__ = [
     "EXCLUDED_DEMAND_MODELS",
+    "MAX_REMOTE_MODEL_LIST_LEN",
+    "MAX_REMOTE_MODEL_NAME_BYTES",
     "DemandEntry",
     "GpuInfo",
     "HardwareInfo",
+    "InferenceAdmission",
+    "LatencySource",
     "ModelRuntime",
     "PeerInfo",
     "Role",
@@ -32,6 +37,7 @@ __all__ = [
     "build_peer_leaving",
     "build_route_table_request",
     "build_self_announcement",
+    "cap_model_names",
     "peer_info_from_announcement",
     "sanitize_relayed_announcement",
 ]
@@ -39,11 +45,54 @@ __all__ = [
 #: Model names never reported as demand (mesh-llm skips the ``auto`` alias and empty names).
 EXCLUDED_DEMAND_MODELS = frozenset({"", "auto"})
 
+#: mesh-llm 0.76's ingest caps on a remote peer's model-name lists (``cap_remote_model_names``):
+#: longer names are dropped and only the first entries are kept, silently.
+MAX_REMOTE_MODEL_LIST_LEN = 256
+MAX_REMOTE_MODEL_NAME_BYTES = 512
+
+
+def cap_model_names(names: Iterable[str]) -> tuple[str, ...]:
+    """Drop names over 512 UTF-8 bytes, then keep at most the first 256 (mesh-llm's order)."""
+    kept: list[str] = []
+    for name in names:
+        if len(name.encode("utf-8")) > MAX_REMOTE_MODEL_NAME_BYTES:
+            continue
+        kept.append(name)
+        if len(kept) == MAX_REMOTE_MODEL_LIST_LEN:
+            break
+    return tuple(kept)
+
 
 class Role(enum.Enum):
     WORKER = "worker"
     HOST = "host"
     CLIENT = "client"
+
+
+class InferenceAdmission(enum.IntEnum):
+    """A host's activity state (``inference_admission_state``, field 49)."""
+
+    UNSPECIFIED = node_pb2.INFERENCE_ADMISSION_STATE_UNSPECIFIED
+    ACCEPTING = node_pb2.INFERENCE_ADMISSION_STATE_ACCEPTING
+    ACCEPTING_DEPRIORITIZED = node_pb2.INFERENCE_ADMISSION_STATE_ACCEPTING_DEPRIORITIZED
+    REMOTE_PAUSED = node_pb2.INFERENCE_ADMISSION_STATE_REMOTE_PAUSED
+    ALL_PAUSED = node_pb2.INFERENCE_ADMISSION_STATE_ALL_PAUSED
+
+
+class LatencySource(enum.IntEnum):
+    """How a relayed entry's ``latency_ms`` was obtained (field 41)."""
+
+    UNSPECIFIED = node_pb2.LATENCY_SOURCE_UNSPECIFIED
+    DIRECT = node_pb2.LATENCY_SOURCE_DIRECT
+    ESTIMATED = node_pb2.LATENCY_SOURCE_ESTIMATED
+    UNKNOWN = node_pb2.LATENCY_SOURCE_UNKNOWN
+
+
+def _enum_or_none(cls: type[enum.IntEnum], value: int) -> object | None:
+    try:
+        return cls(value)
+    except ValueError:  # outside the enum: ignored, as mesh-llm does
+        return None
 
 
 @attrs.frozen
@@ -107,6 +156,24 @@ class PeerInfo:
     runtime: tuple[ModelRuntime, ...]
     owner_id: str | None
     first_joined_mesh_ts: int | None
+    # ---- 0.76 ----
+    explicit_model_interests: tuple[str, ...] = ()
+    #: Host activity state; None when absent or outside the enum. Routing may skip
+    #: REMOTE_PAUSED / ALL_PAUSED hosts and de-prioritise ACCEPTING_DEPRIORITIZED ones.
+    inference_admission_state: InferenceAdmission | None = None
+    #: Gated meshes: the policy hash in the peer's entry.
+    mesh_policy_hash: str | None = None
+    #: Relayed entries: the relaying node's latency to this peer, how it got it, its age, and
+    #: who measured it (a 32-byte valid key, else None).
+    latency_ms: int | None = None
+    latency_source: LatencySource | None = None
+    latency_age_ms: int | None = None
+    latency_observer_id: bytes | None = None
+
+    @property
+    def accepts_remote_inference(self) -> bool:
+        """False when the host says it is not taking tunnelled requests (paused)."""
+        return self.inference_admission_state not in (InferenceAdmission.REMOTE_PAUSED, InferenceAdmission.ALL_PAUSED)
 
     @property
     def served_models(self) -> tuple[str, ...]:
@@ -175,12 +242,13 @@ def _addr_from_proto(ann: node_pb2.PeerAnnouncement) -> EndpointAddr:
 
 
 def _descriptor_models(ann: node_pb2.PeerAnnouncement) -> tuple[str, ...]:
-    names = tuple(
+    # mesh-llm does not cap descriptors; meshd bounds this list like the other model lists.
+    names = cap_model_names(
         d.identity.model_name for d in ann.served_model_descriptors if d.HasField("identity") and d.identity.model_name
     )
     if names:
         return names
-    return tuple(identity.model_name for identity in ann.served_model_identities if identity.model_name)
+    return cap_model_names(identity.model_name for identity in ann.served_model_identities if identity.model_name)
 
 
 def peer_info_from_announcement(ann: node_pb2.PeerAnnouncement) -> PeerInfo:
@@ -205,10 +273,10 @@ def peer_info_from_announcement(ann: node_pb2.PeerAnnouncement) -> PeerInfo:
         version=_opt_str(ann, "version"),
         vram_bytes=ann.vram_bytes,
         hosted_models_known=known,
-        hosted_models=tuple(ann.hosted_models) if known else (),
-        serving_models=tuple(ann.serving_models),
-        requested_models=tuple(ann.requested_models),
-        catalog_models=tuple(ann.catalog_models),
+        hosted_models=cap_model_names(ann.hosted_models) if known else (),
+        serving_models=cap_model_names(ann.serving_models),
+        requested_models=cap_model_names(ann.requested_models),
+        catalog_models=cap_model_names(ann.catalog_models),
         descriptor_models=_descriptor_models(ann),
         mesh_id=_opt_str(ann, "mesh_id"),
         demand=tuple(DemandEntry(d.model_name, d.last_active, d.request_count) for d in ann.demand),
@@ -226,7 +294,29 @@ def peer_info_from_announcement(ann: node_pb2.PeerAnnouncement) -> PeerInfo:
         ),
         owner_id=ann.owner_attestation.owner_id if ann.HasField("owner_attestation") else None,
         first_joined_mesh_ts=ann.first_joined_mesh_ts if ann.HasField("first_joined_mesh_ts") else None,
+        explicit_model_interests=cap_model_names(ann.explicit_model_interests),
+        inference_admission_state=(
+            _enum_or_none(InferenceAdmission, ann.inference_admission_state)  # type: ignore[arg-type]
+            if ann.HasField("inference_admission_state")
+            else None
+        ),
+        mesh_policy_hash=_opt_str(ann, "mesh_policy_hash"),
+        latency_ms=ann.latency_ms if ann.HasField("latency_ms") else None,
+        latency_source=(
+            _enum_or_none(LatencySource, ann.latency_source)  # type: ignore[arg-type]
+            if ann.HasField("latency_source")
+            else None
+        ),
+        latency_age_ms=ann.latency_age_ms if ann.HasField("latency_age_ms") else None,
+        latency_observer_id=_observer_id(ann),
     )
+
+
+def _observer_id(ann: node_pb2.PeerAnnouncement) -> bytes | None:
+    if not ann.HasField("latency_observer_id"):
+        return None
+    observer = bytes(ann.latency_observer_id)
+    return observer if is_valid_ed25519_point(observer) else None
 
 
 def build_self_announcement(
@@ -301,16 +391,37 @@ def build_self_announcement(
     return ann
 
 
+_CAPPED_LISTS = ("catalog_models", "serving_models", "hosted_models", "requested_models", "explicit_model_interests")
+
+
 def sanitize_relayed_announcement(ann: node_pb2.PeerAnnouncement) -> node_pb2.PeerAnnouncement:
     """A copy of another peer's entry as it should be relayed: no ``mesh_id``, no ``demand``
-    (self-entry-only fields) and none of the deprecated ``available_*`` lists."""
+    (self-entry-only fields), none of the deprecated ``available_*`` lists, no 0.76 self-only
+    proofs (``release_attestation``, ``direct_admission_proof``), no latency fields (they described
+    what another node measured; mesh-llm puts its own there) and model lists within the ingest
+    caps. Fields this code does not know (newer mesh-llm) pass through unchanged."""
     copy = node_pb2.PeerAnnouncement()
     copy.CopyFrom(ann)
-    copy.ClearField("mesh_id")
-    copy.ClearField("demand")
-    copy.ClearField("available_models")
-    copy.ClearField("available_model_metadata")
-    copy.ClearField("available_model_sizes")
+    for field in (
+        "mesh_id",
+        "demand",
+        "available_models",
+        "available_model_metadata",
+        "available_model_sizes",
+        "release_attestation",
+        "direct_admission_proof",
+        "latency_ms",
+        "latency_source",
+        "latency_age_ms",
+        "latency_observer_id",
+    ):
+        copy.ClearField(field)
+    for field in _CAPPED_LISTS:
+        values = getattr(copy, field)
+        capped = cap_model_names(values)
+        if len(capped) != len(values):
+            del values[:]
+            values.extend(capped)
     return copy
 
 

@@ -1,7 +1,7 @@
 """Invite tokens and iroh ``EndpointAddr`` JSON (MESH_PROTOCOL.md §2.1).
 
-A token is the base64url encoding, without ``=`` padding, of the compact JSON that iroh's serde
-derive produces for an ``EndpointAddr``::
+A plain token is the base64url encoding, without ``=`` padding, of the compact JSON that iroh's
+serde derive produces for an ``EndpointAddr``::
 
     {"id":"<64 lowercase hex>","addrs":[{"Relay":"https://relay.example./"},{"Ip":"1.2.3.4:5"}]}
 
@@ -14,6 +14,10 @@ iroh would consider them equal, and :meth:`EndpointAddr.to_json` reproduces iroh
 Relay URLs are kept exactly as received (mesh-llm uses a trailing-dot FQDN such as
 ``https://usw1-2.relay.michaelneale.mesh-llm.iroh.link./``); :func:`relay_tls_hostname` gives the
 name to use for TLS (SNI and certificate checks) with the dot removed.
+
+mesh-llm 0.76 adds a second kind, the owner-signed
+:class:`~meshd.protocol.requirements.SignedBootstrapToken` of a gated mesh (MESH_PROTOCOL_076.md
+§5.2): :func:`decode_invite_token` accepts both and verifies signed ones.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,12 +41,21 @@ from meshd.protocol.keys import (
     parse_endpoint_id,
     short_id,
 )
+from meshd.protocol.requirements import (
+    MeshRequirementState,
+    RequirementError,
+    SignedBootstrapToken,
+    parse_json_strict,
+)
 
 __all__ = [
     "MAX_TOKEN_CHARS",
     "EndpointAddr",
+    "Invite",
     "IpAddr",
+    "decode_invite_token",
     "decode_token",
+    "decode_token_payload",
     "encode_token",
     "endpoint_id_hex",
     "format_socket_addr",
@@ -57,7 +71,9 @@ MAX_TOKEN_CHARS = 64 * 1024
 #: One direct address: (IP literal without brackets, port).
 IpAddr = tuple[str, int]
 
-_B64URL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64URL_CHARS = frozenset(_B64URL_ALPHABET)
+_B64URL_VALUE = {c: i for i, c in enumerate(_B64URL_ALPHABET)}
 
 
 def _ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -205,11 +221,14 @@ class EndpointAddr:
     def from_json(cls, data: str | bytes) -> EndpointAddr:
         """Parse iroh's EndpointAddr JSON; raise :class:`InvalidToken` when it is not one.
 
-        Unknown address variants (e.g. iroh 0.98's ``{"Custom": ...}``) are skipped.
+        Unknown address variants (e.g. iroh 0.98's ``{"Custom": ...}``) are skipped. The JSON is
+        read strictly (UTF-8, bounded nesting: a deeply nested gossip ``serialized_addr`` is an
+        error, not a ``RecursionError``).
         """
         try:
-            obj = json.loads(data)
-        except (ValueError, TypeError) as exc:
+            raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+            obj = parse_json_strict(raw)
+        except (ValueError, TypeError, RecursionError) as exc:
             raise InvalidToken(f"not JSON: {exc}") from None
         return cls.from_jsonable(obj)
 
@@ -259,11 +278,25 @@ def encode_token(addr: EndpointAddr) -> str:
     return base64.urlsafe_b64encode(addr.to_json().encode("utf-8")).rstrip(b"=").decode("ascii")
 
 
-def decode_token(token: str) -> EndpointAddr:
-    """Decode an invite token; surrounding whitespace and ``=`` padding are tolerated.
+@attrs.frozen
+class Invite:
+    """A decoded invite: where to dial, and for a signed token the gated mesh it leads into."""
 
-    Raises :class:`InvalidToken` with the reason for anything else.
-    """
+    #: The node to dial: the token's address, or a signed token's ``serialized_addrs[0]``.
+    addr: EndpointAddr
+    #: For a signed token (after full verification): mesh id, policy hash, policy and the token
+    #: itself, which the joiner keeps for its gossip (§6) and may hand out again.
+    mesh: MeshRequirementState | None = None
+
+    @property
+    def signed(self) -> bool:
+        return self.mesh is not None
+
+
+def decode_token_payload(token: str) -> bytes:
+    """The bytes inside an invite token, decoded like mesh-llm's ``URL_SAFE_NO_PAD`` engine:
+    base64url **without** padding (a padded token is rejected, as mesh-llm rejects it) and with zero
+    trailing bits. Surrounding whitespace is ignored (a pasted token often ends in a newline)."""
     if not isinstance(token, str):
         raise InvalidToken(f"token must be text, got {type(token).__name__}")
     text = token.strip()
@@ -271,18 +304,70 @@ def decode_token(token: str) -> EndpointAddr:
         raise InvalidToken("empty token")
     if len(text) > MAX_TOKEN_CHARS:
         raise InvalidToken(f"token too long ({len(text)} chars, limit {MAX_TOKEN_CHARS})")
-    body = text.rstrip("=")
-    for index, char in enumerate(body):
+    if "=" in text:
+        raise InvalidToken("padded base64: invite tokens are base64url without '=' padding")
+    for index, char in enumerate(text):
         if char not in _B64URL_CHARS:
             raise InvalidToken(f"not base64url: unexpected character {char!r} at offset {index}")
-    if len(body) % 4 == 1:
+    rest = len(text) % 4
+    if rest == 1:
         raise InvalidToken("not base64url: impossible length")
+    if rest and _B64URL_VALUE[text[-1]] & (0x0F if rest == 2 else 0x03):
+        raise InvalidToken("not base64url: non-zero trailing bits in the last character")
     try:
-        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except binascii.Error as exc:  # pragma: no cover - alphabet and length checked above
         raise InvalidToken(f"not base64url: {exc}") from None
+
+
+def _addr_from_bytes(data: bytes, what: str) -> EndpointAddr:
     try:
-        json_text = raw.decode("utf-8")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidToken(f"{what} is not UTF-8 text") from None
+    return EndpointAddr.from_json(text)
+
+
+def decode_invite_token(token: str, *, now_ms: int) -> Invite:
+    """Decode either kind of invite token (MESH_PROTOCOL_076.md §5).
+
+    A plain token (``EndpointAddr`` JSON) is tried first, as mesh-llm does. Otherwise the JSON must
+    be a :class:`~meshd.protocol.requirements.SignedBootstrapToken`, which is fully verified at
+    ``now_ms`` (signature, policy hash, expiry); every entry of ``serialized_addrs`` must be a
+    valid address and the first one is the bootstrap address. Raises :class:`InvalidToken`, whose
+    ``code`` is mesh-llm's reason (``bootstrap_token_invalid``, ``bootstrap_token_expired``,
+    ``mesh_policy_mismatch``, a genesis-policy code...).
+    """
+    payload = decode_token_payload(token)
+    try:
+        obj = parse_json_strict(payload)
     except UnicodeDecodeError:
         raise InvalidToken("decoded token is not UTF-8 text") from None
-    return EndpointAddr.from_json(json_text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidToken(f"not JSON: {exc}") from None
+    if not (isinstance(obj, dict) and "serialized_addrs" in obj and "id" not in obj):
+        duplicates: frozenset[str] = getattr(obj, "duplicates", frozenset())
+        if duplicates & {"id", "addrs"}:
+            raise InvalidToken("EndpointAddr JSON has duplicate fields")
+        return Invite(EndpointAddr.from_jsonable(obj))
+    try:
+        signed = SignedBootstrapToken.from_jsonable(obj)
+        signed.verify_at(now_ms)
+    except RequirementError as exc:
+        raise InvalidToken(str(exc), exc.code) from None
+    if not signed.serialized_addrs:
+        raise InvalidToken("signed token contains no endpoint address")
+    addrs = [_addr_from_bytes(data, "a signed token's endpoint address") for data in signed.serialized_addrs]
+    return Invite(addrs[0], MeshRequirementState.from_token(signed))
+
+
+def decode_token(token: str, *, now_ms: int | None = None) -> EndpointAddr:
+    """The address an invite token of either kind leads to (see :func:`decode_invite_token`).
+
+    A signed token is verified at ``now_ms``, by default the wall clock; callers that need the
+    mesh requirement state, or a reactor's clock, use :func:`decode_invite_token`.
+    Raises :class:`InvalidToken` with the reason for anything else.
+    """
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
+    return decode_invite_token(token, now_ms=now_ms).addr

@@ -1,4 +1,4 @@
-"""Decode and validate mesh-llm/1 control messages (MESH_PROTOCOL.md §5.3).
+"""Decode and validate mesh-llm/1 control messages (MESH_PROTOCOL.md §5.3, MESH_PROTOCOL_076.md §4.3).
 
 Each ``decode_*`` function takes one frame body (what :class:`~meshd.protocol.framing.FrameDecoder`
 returned) and gives back the protobuf message, or raises a subclass of
@@ -19,19 +19,23 @@ from meshd.protocol.errors import (
     ForgedSender,
     InvalidFrame,
     InvalidIdLength,
+    InvalidSubprotocol,
     MalformedMessage,
     MissingHttpPort,
 )
 from meshd.protocol.keys import ENDPOINT_ID_BYTES, is_valid_ed25519_point
+from meshd.protocol.semver import rust_trim
 from meshd.protocol.streams import PROTOCOL_GENERATION
 
 __all__ = [
     "check_gossip_sender",
+    "decode_direct_path_request",
     "decode_gossip_frame",
     "decode_peer_down",
     "decode_peer_leaving",
     "decode_route_table",
     "decode_route_table_request",
+    "decode_subprotocol_open",
     "decode_tunnel_map",
     "parse_message",
     "valid_point_announcements",
@@ -67,11 +71,19 @@ def _check_remote(field: str, claimed: bytes, remote_id: bytes) -> None:
         raise ForgedSender(field, claimed, remote_id)
 
 
+def _check_subprotocol(name: str, major: int) -> None:
+    if not rust_trim(name) or major == 0:
+        raise InvalidSubprotocol(name, major)
+
+
 def validate_peer_announcement(ann: node_pb2.PeerAnnouncement) -> None:
-    """32-byte ``endpoint_id``; a HOST must carry ``http_port``."""
+    """32-byte ``endpoint_id``; a HOST must carry ``http_port``; every ``subprotocols`` entry needs
+    a non-blank name and a non-zero major (0.76)."""
     _check_id("endpoint_id", ann.endpoint_id)
     if ann.role == node_pb2.HOST and not ann.HasField("http_port"):
         raise MissingHttpPort(ann.endpoint_id)
+    for sub in ann.subprotocols:
+        _check_subprotocol(sub.name, sub.major)
 
 
 def validate_gossip_frame(frame: node_pb2.GossipFrame) -> None:
@@ -139,6 +151,26 @@ def decode_peer_leaving(body: bytes, remote_id: bytes) -> node_pb2.PeerLeaving:
     _check_gen("PeerLeaving", message.gen)
     _check_id("peer_id", message.peer_id)
     _check_remote("peer_id", message.peer_id, remote_id)
+    return message
+
+
+def decode_direct_path_request(body: bytes, remote_id: bytes) -> node_pb2.DirectPathRequest:
+    """Stream 0x0e: ``gen == 1``, ``requester_id`` 32 bytes and equal to the remote id, and a
+    non-empty ``serialized_addr`` (whose id the receiver must also check)."""
+    message = parse_message(node_pb2.DirectPathRequest, body)
+    _check_gen("DirectPathRequest", message.gen)
+    _check_id("requester_id", message.requester_id)
+    if not message.serialized_addr:
+        raise InvalidFrame("DirectPathRequest: empty serialized_addr")
+    _check_remote("requester_id", message.requester_id, remote_id)
+    return message
+
+
+def decode_subprotocol_open(body: bytes) -> node_pb2.MeshSubprotocolOpen:
+    """Stream 0x0d's first frame: ``gen == 1``, a non-blank name and a non-zero major."""
+    message = parse_message(node_pb2.MeshSubprotocolOpen, body)
+    _check_gen("MeshSubprotocolOpen", message.gen)
+    _check_subprotocol(message.name, message.major)
     return message
 
 

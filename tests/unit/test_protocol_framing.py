@@ -18,8 +18,11 @@ from meshd.protocol.framing import (
 from meshd.protocol.streams import (
     ALPN_V1,
     MAX_CONTROL_FRAME_BYTES,
+    NEVER_SENT,
     PROTOCOL_GENERATION,
+    SERVED_STREAM_TYPES,
     StreamType,
+    TrustPolicy,
     allowed_before_admission,
 )
 
@@ -46,13 +49,55 @@ def test_constants() -> None:
         "PEER_LEAVING": 0x07,
         "PLUGIN_CHANNEL": 0x08,
         "PLUGIN_BULK_TRANSFER": 0x09,
+        "PLUGIN_MESH_STREAM": 0x0A,
         "CONFIG_SUBSCRIBE": 0x0B,
         "CONFIG_PUSH": 0x0C,
+        "SUBPROTOCOL": 0x0D,
+        "DIRECT_PATH_REQUEST": 0x0E,
     }
     assert [t for t in StreamType if allowed_before_admission(t)] == [
         StreamType.GOSSIP,
         StreamType.ROUTE_REQUEST,
     ]
+
+
+@pytest.mark.parametrize(
+    ("trust", "allowed"),
+    [
+        (TrustPolicy.OFF, [StreamType.GOSSIP, StreamType.TUNNEL_HTTP, StreamType.ROUTE_REQUEST]),
+        (TrustPolicy.PREFER_OWNED, [StreamType.GOSSIP, StreamType.TUNNEL_HTTP, StreamType.ROUTE_REQUEST]),
+        (TrustPolicy.REQUIRE_OWNED, [StreamType.GOSSIP]),
+        (TrustPolicy.ALLOWLIST, [StreamType.GOSSIP]),
+    ],
+)
+def test_076_pre_admission_rule(trust: TrustPolicy, allowed: list[StreamType]) -> None:
+    # MESH_PROTOCOL_076.md §2.1: the SDK's passive 0x04 works before admission unless enforcing.
+    assert [t for t in StreamType if allowed_before_admission(t, trust)] == allowed
+
+
+@pytest.mark.parametrize(
+    "stream_type",
+    [
+        StreamType.TUNNEL_RPC,
+        StreamType.CONFIG_SUBSCRIBE,
+        StreamType.CONFIG_PUSH,
+        StreamType.DIRECT_PATH_REQUEST,
+        StreamType.SUBPROTOCOL,
+        StreamType.PLUGIN_MESH_STREAM,
+    ],
+)
+def test_never_sent_types_cannot_be_encoded(stream_type: StreamType) -> None:
+    # 0x02 above all: an inbound 0x02 ends a 0.76 node's stream-accept loop for the connection.
+    with pytest.raises(ValueError, match="never opens"):
+        encode_stream_type(stream_type)
+    with pytest.raises(ValueError, match="never opens"):
+        encode_opener(stream_type, b"")
+
+
+def test_served_types_are_sendable_and_never_sent_is_disjoint() -> None:
+    assert not SERVED_STREAM_TYPES & NEVER_SENT
+    for stream_type in SERVED_STREAM_TYPES:
+        assert encode_stream_type(stream_type) == bytes([stream_type.value])
 
 
 def test_peer_leaving_golden_bytes() -> None:
@@ -184,7 +229,7 @@ def test_empty_stream_has_no_type() -> None:
     assert info.value.what == "stream type"
 
 
-@pytest.mark.parametrize("byte", [0x00, 0x0A, 0x0D, 0x7F, 0xFF])
+@pytest.mark.parametrize("byte", [0x00, 0x0F, 0x10, 0x7F, 0xFF])
 def test_unknown_stream_type(byte: int) -> None:
     with pytest.raises(UnknownStreamType) as info:
         StreamTypeReader().feed(bytes([byte, 0, 0, 0, 0]))
@@ -194,9 +239,11 @@ def test_unknown_stream_type(byte: int) -> None:
 
 
 def test_every_known_type_parses() -> None:
-    for stream_type in StreamType:
-        got = StreamTypeReader().feed(bytes([stream_type.value]))
-        assert got == (stream_type, b"")
+    # including the 0.76 types 0x0a, 0x0d, 0x0e and the retired 0x0b/0x0c: known, so an adapter
+    # can refuse them by name instead of treating them as garbage
+    for byte in range(0x01, 0x0F):
+        got = StreamTypeReader().feed(bytes([byte]) + b"rest")
+        assert got == (StreamType(byte), b"rest")
 
 
 def test_decode_single_frame() -> None:

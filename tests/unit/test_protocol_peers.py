@@ -5,12 +5,19 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from google.protobuf.message import DecodeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshd.protocol import node_pb2
 from meshd.protocol.framing import encode_opener
 from meshd.protocol.peers import (
+    MAX_REMOTE_MODEL_LIST_LEN,
+    MAX_REMOTE_MODEL_NAME_BYTES,
     DemandEntry,
     GpuInfo,
+    InferenceAdmission,
+    LatencySource,
     ModelRuntime,
     Role,
     build_gossip_frame,
@@ -18,6 +25,7 @@ from meshd.protocol.peers import (
     build_peer_leaving,
     build_route_table_request,
     build_self_announcement,
+    cap_model_names,
     peer_info_from_announcement,
     sanitize_relayed_announcement,
 )
@@ -246,3 +254,143 @@ def test_relayed_entries_are_sanitized() -> None:
     assert (len(relayed.available_model_sizes), len(relayed.available_model_metadata)) == (0, 0)
     assert list(relayed.hosted_models) == ["h"]
     assert ann.mesh_id == "m"  # the original is untouched
+
+
+# ---- 0.76 (MESH_PROTOCOL_076.md §4) ----
+
+
+def test_model_name_lists_are_capped_at_ingest() -> None:
+    long_name = "x" * 513
+    multibyte = "é" * 257  # 514 UTF-8 bytes but only 257 characters: the cap counts bytes
+    exactly = "y" * 512
+    names = [long_name, multibyte, exactly] + [f"m{i}" for i in range(300)]
+    ann = node_pb2.PeerAnnouncement(endpoint_id=B, role=node_pb2.CLIENT, hosted_models_known=True)
+    for field in ("hosted_models", "serving_models", "requested_models", "catalog_models", "explicit_model_interests"):
+        getattr(ann, field).extend(names)
+    info = peer_info_from_announcement(ann)
+    expected = (exactly, *(f"m{i}" for i in range(255)))  # long names dropped first, then the first 256
+    assert len(expected) == MAX_REMOTE_MODEL_LIST_LEN == 256
+    for got in (
+        info.hosted_models,
+        info.serving_models,
+        info.requested_models,
+        info.catalog_models,
+        info.explicit_model_interests,
+    ):
+        assert got == expected
+    assert cap_model_names([]) == ()
+    assert MAX_REMOTE_MODEL_NAME_BYTES == 512
+
+
+def test_descriptor_models_are_bounded_too() -> None:
+    ann = node_pb2.PeerAnnouncement(endpoint_id=B)
+    for i in range(400):
+        ann.served_model_descriptors.add().identity.model_name = f"d{i}"
+    assert len(peer_info_from_announcement(ann).descriptor_models) == 256
+
+
+@pytest.mark.parametrize(
+    ("value", "expected", "routable"),
+    [
+        (None, None, True),
+        (0, InferenceAdmission.UNSPECIFIED, True),
+        (1, InferenceAdmission.ACCEPTING, True),
+        (2, InferenceAdmission.ACCEPTING_DEPRIORITIZED, True),
+        (3, InferenceAdmission.REMOTE_PAUSED, False),
+        (4, InferenceAdmission.ALL_PAUSED, False),
+        (5, None, True),  # outside the enum: ignored
+        (2**31 - 1, None, True),
+    ],
+)
+def test_inference_admission_state(value: int | None, expected: InferenceAdmission | None, routable: bool) -> None:
+    ann = node_pb2.PeerAnnouncement(endpoint_id=B, role=node_pb2.HOST, http_port=1)
+    if value is not None:
+        ann.inference_admission_state = value  # type: ignore[assignment]
+    wire = node_pb2.PeerAnnouncement.FromString(ann.SerializeToString())
+    info = peer_info_from_announcement(wire)
+    assert info.inference_admission_state == expected
+    assert info.accepts_remote_inference is routable
+
+
+def test_latency_and_policy_fields() -> None:
+    ann = node_pb2.PeerAnnouncement(
+        endpoint_id=B,
+        latency_ms=12,
+        latency_source=node_pb2.LATENCY_SOURCE_ESTIMATED,
+        latency_age_ms=3400,
+        latency_observer_id=A,
+        mesh_policy_hash="ab" * 32,
+    )
+    info = peer_info_from_announcement(ann)
+    assert (info.latency_ms, info.latency_source, info.latency_age_ms) == (12, LatencySource.ESTIMATED, 3400)
+    assert info.latency_observer_id == A
+    assert info.mesh_policy_hash == "ab" * 32
+    ann.latency_source = 9  # type: ignore[assignment]
+    ann.latency_observer_id = A[:31]
+    info = peer_info_from_announcement(ann)
+    assert (info.latency_source, info.latency_observer_id) == (None, None)
+    ann.latency_observer_id = (2).to_bytes(32, "little")  # not a curve point: dropped like mesh-llm
+    assert peer_info_from_announcement(ann).latency_observer_id is None
+    empty = peer_info_from_announcement(node_pb2.PeerAnnouncement(endpoint_id=B))
+    assert (empty.latency_ms, empty.latency_source, empty.mesh_policy_hash, empty.inference_admission_state) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def test_relayed_076_entries() -> None:
+    ann = node_pb2.PeerAnnouncement(endpoint_id=B, role=node_pb2.HOST, http_port=1, mesh_policy_hash="h", latency_ms=5)
+    ann.direct_admission_proof.timestamp_unix_ms = 1
+    ann.release_attestation.version = 1
+    ann.genesis_policy.version = 1
+    ann.subprotocols.add(name="skippy-stage", major=2)
+    ann.serving_models.extend(["z" * 600, *[f"s{i}" for i in range(300)]])
+    relayed = sanitize_relayed_announcement(ann)
+    # self-only proofs and another node's latency are not relayed; the policy fields are
+    assert not relayed.HasField("direct_admission_proof") and not relayed.HasField("release_attestation")
+    assert not relayed.HasField("latency_ms")
+    assert relayed.HasField("genesis_policy") and relayed.mesh_policy_hash == "h"
+    assert [s.name for s in relayed.subprotocols] == ["skippy-stage"]
+    assert list(relayed.serving_models) == [f"s{i}" for i in range(256)]
+    assert len(ann.serving_models) == 301  # the original is untouched
+
+
+def test_unknown_fields_pass_through_relayed_gossip() -> None:
+    # A newer mesh-llm's entry with fields this schema does not know (38, varint 7; 50, LEN "zz"):
+    # decoded from a real frame, relayed, and re-encoded, they are still there byte for byte.
+    unknown = bytes.fromhex("b002079203027a7a")
+    entry = node_pb2.PeerAnnouncement(endpoint_id=B, role=node_pb2.CLIENT).SerializeToString() + unknown
+    frame_bytes = node_pb2.GossipFrame(gen=1, sender_id=A).SerializeToString() + bytes([0x12, len(entry)]) + entry
+    frame = decode_gossip_frame(frame_bytes, A)
+    relayed = sanitize_relayed_announcement(frame.peers[0])
+    assert relayed.SerializeToString().endswith(unknown)
+    me = build_self_announcement(addr=EndpointAddr(A), version="0.76.0+meshd.0.1.0")
+    out = build_gossip_frame(A, me, [relayed]).SerializeToString()
+    assert unknown in out
+    assert decode_gossip_frame(out, A).peers[0].SerializeToString().endswith(unknown)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=400),
+    addr=st.one_of(
+        st.binary(max_size=64),
+        st.integers(0, 20_000).map(lambda n: b"[" * n),
+        st.just(('{"id":"' + B.hex() + '","addrs":[{"Ip":"1.2.3.4:5"}]}').encode()),
+    ),
+)
+def test_any_decodable_announcement_converts(data: bytes, addr: bytes) -> None:
+    # whatever a peer puts in an entry (given the validated 32-byte id), conversion neither raises
+    # nor keeps more than the caps; a deeply nested serialized_addr is just an unusable address
+    try:
+        ann = node_pb2.PeerAnnouncement.FromString(data)
+    except DecodeError:
+        return
+    ann.endpoint_id = B
+    ann.serialized_addr = addr
+    info = peer_info_from_announcement(ann)
+    assert info.endpoint_id == B and info.addr.id == B
+    assert len(info.serving_models) <= MAX_REMOTE_MODEL_LIST_LEN
+    sanitize_relayed_announcement(ann).SerializeToString()

@@ -1,4 +1,6 @@
-"""node.proto: the committed generated code is current, and the schema matches §5.10."""
+"""node.proto: the committed generated code is current, the schema matches MESH_PROTOCOL.md §5.10
+plus the 0.76 additions of MESH_PROTOCOL_076.md §4, and the new fields encode to hand-computed
+protobuf wire bytes."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FieldDescriptor
 
 from meshd.protocol import node_pb2
@@ -92,6 +95,19 @@ PEER_ANNOUNCEMENT = [
     ("gpu_reserved_bytes", 32, _STR, "opt"),
     ("hardware", 33, _MSG, "opt"),
     ("first_joined_mesh_ts", 34, _U64, "opt"),
+    # 0.76 (MESH_PROTOCOL_076.md §4.1); 36 is reserved, 38 and 39 unused
+    ("explicit_model_interests", 35, _STR, "rep"),
+    ("subprotocols", 37, _MSG, "rep"),
+    ("latency_ms", 40, _U32, "opt"),
+    ("latency_source", 41, _ENUM, "opt"),
+    ("latency_age_ms", 42, _U32, "opt"),
+    ("latency_observer_id", 43, _BYTES, "opt"),
+    ("advertised_model_throughput", 44, _MSG, "rep"),
+    ("mesh_policy_hash", 45, _STR, "opt"),
+    ("genesis_policy", 46, _MSG, "opt"),
+    ("release_attestation", 47, _MSG, "opt"),
+    ("direct_admission_proof", 48, _MSG, "opt"),
+    ("inference_admission_state", 49, _ENUM, "opt"),
 ]
 
 
@@ -154,7 +170,123 @@ def test_peer_announcement_fields() -> None:
         ),
         (
             node_pb2.ServedModelDescriptor,
-            [("identity", 1, _MSG, "opt"), ("capabilities", 2, _MSG, "opt"), ("topology", 3, _MSG, "opt")],
+            [
+                ("identity", 1, _MSG, "opt"),
+                ("capabilities", 2, _MSG, "opt"),
+                ("topology", 3, _MSG, "opt"),
+                ("capabilities_known", 4, _BOOL, "opt"),
+                ("metadata", 5, _MSG, "opt"),
+            ],
+        ),
+        (
+            node_pb2.ServedModelMetadata,
+            [
+                ("architecture", 1, _STR, "opt"),
+                ("parameter_size", 2, _STR, "opt"),
+                ("parameter_count_b", 3, F.TYPE_DOUBLE, "opt"),
+                ("quant", 4, _STR, "opt"),
+                ("native_context_length", 5, _U32, "opt"),
+                ("tokenizer", 6, _STR, "opt"),
+                ("layer_count", 7, _U32, "opt"),
+                ("embedding_size", 8, _U32, "opt"),
+                ("head_count", 9, _U32, "opt"),
+                ("kv_head_count", 10, _U32, "opt"),
+                ("expert_count", 11, _U32, "opt"),
+                ("active_expert_count", 12, _U32, "opt"),
+            ],
+        ),
+        (
+            node_pb2.SignedMeshGenesisPolicy,
+            [
+                ("version", 1, _U32, ""),
+                ("policy", 2, _MSG, "opt"),
+                ("origin_sign_public_key", 3, _BYTES, ""),
+                ("signature_algorithm", 4, _STR, ""),
+                ("signature", 5, _BYTES, ""),
+            ],
+        ),
+        (
+            node_pb2.MeshGenesisPolicy,
+            [
+                ("version", 1, _U32, ""),
+                ("origin_owner_id", 2, _STR, ""),
+                ("created_at_unix_ms", 3, _U64, ""),
+                ("requirements", 4, _MSG, "opt"),
+            ],
+        ),
+        (
+            node_pb2.MeshRequirements,
+            [
+                ("node_version", 1, _MSG, "opt"),
+                ("protocol_generation", 2, _MSG, "opt"),
+                ("release_attestation", 3, _MSG, "opt"),
+            ],
+        ),
+        (node_pb2.NodeVersionBounds, [("min", 1, _STR, "opt"), ("max", 2, _STR, "opt")]),
+        (node_pb2.ProtocolGenerationBounds, [("min", 1, _U32, "opt"), ("max", 2, _U32, "opt")]),
+        (
+            node_pb2.ReleaseAttestationRequirement,
+            [("required", 1, _BOOL, "opt"), ("allowed_signer_keys", 2, _STR, "rep")],
+        ),
+        (
+            node_pb2.SignedBootstrapToken,
+            [
+                ("version", 1, _U32, ""),
+                ("serialized_addrs", 2, _BYTES, "rep"),
+                ("mesh_id", 3, _STR, ""),
+                ("policy_hash", 4, _STR, ""),
+                ("genesis_policy", 5, _MSG, "opt"),
+                ("expires_at_unix_ms", 6, _U64, "opt"),
+                ("origin_sign_public_key", 7, _BYTES, ""),
+                ("signature_algorithm", 8, _STR, ""),
+                ("signature", 9, _BYTES, ""),
+            ],
+        ),
+        (
+            node_pb2.ReleaseBuildAttestation,
+            [
+                ("version", 1, _U32, ""),
+                ("node_version", 2, _STR, ""),
+                ("build_id", 3, _STR, ""),
+                ("commit", 4, _STR, ""),
+                ("target_triple", 5, _STR, ""),
+                ("supported_protocol_generation_min", 6, _U32, "opt"),
+                ("supported_protocol_generation_max", 7, _U32, "opt"),
+                ("artifact_digest", 8, _STR, "opt"),
+                ("signer_key_id", 9, _STR, ""),
+                ("signature_algorithm", 10, _STR, ""),
+                ("signature", 11, _BYTES, ""),
+            ],
+        ),
+        (
+            node_pb2.DirectNodeAdmissionProof,
+            [
+                ("version", 1, _U32, ""),
+                ("sender_id", 2, _BYTES, ""),
+                ("mesh_id", 3, _STR, ""),
+                ("policy_hash", 4, _STR, ""),
+                ("attestation_hash", 5, _STR, ""),
+                ("timestamp_unix_ms", 6, _U64, ""),
+                ("signature_algorithm", 7, _STR, ""),
+                ("signature", 8, _BYTES, ""),
+            ],
+        ),
+        (
+            node_pb2.AdvertisedModelThroughput,
+            [
+                ("model_name", 1, _STR, ""),
+                ("avg_tokens_per_second_milli", 2, _U64, ""),
+                ("throughput_samples", 3, _U64, ""),
+            ],
+        ),
+        (
+            node_pb2.MeshSubprotocol,
+            [("name", 1, _STR, ""), ("major", 2, _U32, ""), ("features", 3, _STR, "rep")],
+        ),
+        (node_pb2.MeshSubprotocolOpen, [("gen", 1, _U32, ""), ("name", 2, _STR, ""), ("major", 3, _U32, "")]),
+        (
+            node_pb2.DirectPathRequest,
+            [("requester_id", 1, _BYTES, ""), ("gen", 2, _U32, ""), ("serialized_addr", 3, _BYTES, "")],
         ),
         (
             node_pb2.ServedModelIdentity,
@@ -227,6 +359,8 @@ def test_peer_announcement_fields() -> None:
                 ("expert_count", 16, _U32, ""),
                 ("used_expert_count", 17, _U32, ""),
                 ("quantization_type", 18, _STR, ""),
+                ("kv_head_count", 19, _U32, ""),
+                ("parameter_size", 20, _STR, "opt"),
             ],
         ),
         (node_pb2.SpecialToken, [("name", 1, _STR, ""), ("token_id", 2, _U32, "")]),
@@ -284,9 +418,127 @@ def test_enums() -> None:
         "MODEL_SOURCE_KIND_DIRECT_URL": 4,
         "MODEL_SOURCE_KIND_UNKNOWN": 5,
     }
+    assert values("InferenceAdmissionState") == {
+        "INFERENCE_ADMISSION_STATE_UNSPECIFIED": 0,
+        "INFERENCE_ADMISSION_STATE_ACCEPTING": 1,
+        "INFERENCE_ADMISSION_STATE_ACCEPTING_DEPRIORITIZED": 2,
+        "INFERENCE_ADMISSION_STATE_REMOTE_PAUSED": 3,
+        "INFERENCE_ADMISSION_STATE_ALL_PAUSED": 4,
+    }
+    assert values("LatencySource") == {
+        "LATENCY_SOURCE_UNSPECIFIED": 0,
+        "LATENCY_SOURCE_DIRECT": 1,
+        "LATENCY_SOURCE_ESTIMATED": 2,
+        "LATENCY_SOURCE_UNKNOWN": 3,
+    }
+
+
+def test_field_36_is_reserved() -> None:
+    proto = descriptor_pb2.DescriptorProto()
+    node_pb2.PeerAnnouncement.DESCRIPTOR.CopyToProto(proto)
+    assert 36 not in node_pb2.PeerAnnouncement.DESCRIPTOR.fields_by_number
+    assert [(r.start, r.end) for r in proto.reserved_range] == [(36, 37)]
+    assert list(proto.reserved_name) == ["artifact_transfer_supported"]
 
 
 def test_proto3_optional_zero_is_on_the_wire() -> None:
     # http_port = 0 set explicitly must still be encoded (tag 0x18, value 0): presence matters.
     assert node_pb2.PeerAnnouncement(http_port=0).SerializeToString() == bytes.fromhex("1800")
     assert node_pb2.PeerAnnouncement(vram_bytes=0).SerializeToString() == b""
+
+
+# ---- golden bytes for the 0.76 fields, written out from the protobuf wire format ----
+# A tag is the varint of (field_number << 3) | wire_type; for numbers >= 16 it takes two bytes,
+# e.g. field 35, wire type 2 (LEN): 35 << 3 | 2 = 282 = 0b10_0011010 -> 0x9a 0x02.
+OBSERVER = bytes(range(32))
+PEER_ANNOUNCEMENT_076 = (
+    bytes.fromhex("9a020161")  # 35 explicit_model_interests: ["a"]
+    # 37 subprotocols: [{name "s" (0a 01 73), major 2 (10 02), features ["f"] (1a 01 66)}]
+    + bytes.fromhex("aa02080a017310021a0166")
+    + bytes.fromhex("c002ac02")  # 40 latency_ms: 300 = 0b10_0101100 -> ac 02
+    + bytes.fromhex("c80201")  # 41 latency_source: DIRECT
+    + bytes.fromhex("d00200")  # 42 latency_age_ms: 0, present (proto3 optional)
+    + bytes.fromhex("da0220")  # 43 latency_observer_id: 32 bytes
+    + OBSERVER
+    # 44 advertised_model_throughput: [{model_name "m", avg 1500 (dc 0b), samples 3}]
+    + bytes.fromhex("e202080a016d10dc0b1803")
+    + bytes.fromhex("ea020168")  # 45 mesh_policy_hash: "h"
+    + bytes.fromhex("f202020801")  # 46 genesis_policy: {version 1}
+    + bytes.fromhex("fa02020801")  # 47 release_attestation: {version 1}
+    + bytes.fromhex("8203023001")  # 48 direct_admission_proof: {timestamp_unix_ms 1} (field 6)
+    + bytes.fromhex("880303")  # 49 inference_admission_state: REMOTE_PAUSED
+)
+
+
+def _ann_076() -> node_pb2.PeerAnnouncement:
+    ann = node_pb2.PeerAnnouncement(
+        explicit_model_interests=["a"],
+        latency_ms=300,
+        latency_source=node_pb2.LATENCY_SOURCE_DIRECT,
+        latency_age_ms=0,
+        latency_observer_id=OBSERVER,
+        mesh_policy_hash="h",
+        inference_admission_state=node_pb2.INFERENCE_ADMISSION_STATE_REMOTE_PAUSED,
+    )
+    ann.subprotocols.add(name="s", major=2, features=["f"])
+    ann.advertised_model_throughput.add(model_name="m", avg_tokens_per_second_milli=1500, throughput_samples=3)
+    ann.genesis_policy.version = 1
+    ann.release_attestation.version = 1
+    ann.direct_admission_proof.timestamp_unix_ms = 1
+    return ann
+
+
+def test_peer_announcement_076_golden_bytes() -> None:
+    assert _ann_076().SerializeToString() == PEER_ANNOUNCEMENT_076
+    parsed = node_pb2.PeerAnnouncement.FromString(PEER_ANNOUNCEMENT_076)
+    assert parsed == _ann_076()
+    assert parsed.HasField("latency_age_ms") and parsed.latency_age_ms == 0
+
+
+def test_other_076_messages_golden_bytes() -> None:
+    descriptor = node_pb2.ServedModelDescriptor(capabilities_known=False)
+    descriptor.metadata.parameter_count_b = 1.5
+    # 4 capabilities_known: false but present (20 00); 5 metadata: {3 parameter_count_b, a double
+    # (wire type 1, tag 0x19) 1.5 = 0x3ff8000000000000 little-endian}
+    assert descriptor.SerializeToString() == bytes.fromhex("20002a0919000000000000f83f")
+    compact = node_pb2.CompactModelMetadata(kv_head_count=8, parameter_size="32B")
+    # 19 << 3 = 152 -> 98 01; 20 << 3 | 2 = 162 -> a2 01
+    assert compact.SerializeToString() == bytes.fromhex("980108a20103333242")
+    request = node_pb2.DirectPathRequest(requester_id=OBSERVER, gen=1, serialized_addr=b"{}")
+    assert request.SerializeToString() == bytes.fromhex("0a20") + OBSERVER + bytes.fromhex("10011a027b7d")
+    opener = node_pb2.MeshSubprotocolOpen(gen=1, name="x", major=2)
+    assert opener.SerializeToString() == bytes.fromhex("08011201781802")
+    proof = node_pb2.DirectNodeAdmissionProof(
+        version=1,
+        sender_id=OBSERVER,
+        mesh_id="m",
+        policy_hash="p",
+        attestation_hash="a",
+        timestamp_unix_ms=2**40,
+        signature_algorithm="ed25519",
+        signature=b"\x01" * 64,
+    )
+    assert proof.SerializeToString() == (
+        bytes.fromhex("08011220")
+        + OBSERVER
+        + bytes.fromhex("1a016d2201702a0161")
+        # 2**40 as a varint: 40 bits in 7-bit groups -> 80 80 80 80 80 20
+        + bytes.fromhex("30808080808020")
+        + bytes.fromhex("3a07")
+        + b"ed25519"
+        + bytes.fromhex("4240")
+        + b"\x01" * 64
+    )
+
+
+def test_unknown_fields_survive_a_round_trip() -> None:
+    # Field 38 (varint 7, tag 38 << 3 = 304 -> b0 02) and field 50 (LEN "zz", 402 -> 92 03):
+    # numbers this schema does not define, as a newer mesh-llm might send.
+    unknown = bytes.fromhex("b002079203027a7a")
+    data = bytes.fromhex("0a20") + OBSERVER + unknown
+    ann = node_pb2.PeerAnnouncement.FromString(data)
+    assert ann.endpoint_id == OBSERVER
+    assert ann.SerializeToString() == data
+    # the reserved number 36 is kept as an unknown field too
+    reserved = bytes.fromhex("a00201")
+    assert node_pb2.PeerAnnouncement.FromString(reserved).SerializeToString() == reserved

@@ -41,14 +41,29 @@ def test_golden_token_round_trips_byte_exactly() -> None:
     assert addr == EndpointAddr(GOLDEN_ID, (), (("192.168.1.206", 41944),))
     assert addr.to_json() == GOLDEN_JSON
     assert encode_token(addr) == token
-    assert len(token) % 4 != 0  # so the padding tolerance below is exercised
+    assert len(token) % 4 != 0  # so the padding rejection below is exercised
 
 
-def test_padding_and_whitespace_tolerated() -> None:
+def test_whitespace_tolerated_padding_rejected() -> None:
+    # mesh-llm decodes with URL_SAFE_NO_PAD, which rejects '=' padding: a padded token that meshd
+    # accepted would be refused by every Rust node it is handed to (and by Nostr discovery).
     token = b64url(GOLDEN_JSON)
-    padded = token + "=" * (-len(token) % 4)
-    assert decode_token(f"  {padded}\n") == decode_token(token)
     assert decode_token(f"\t{token} \r\n").to_json() == GOLDEN_JSON
+    padded = token + "=" * (-len(token) % 4)
+    with pytest.raises(InvalidToken, match="padded") as info:
+        decode_token(f"  {padded}\n")
+    assert info.value.code == "bootstrap_token_invalid"
+
+
+def test_non_zero_trailing_bits_rejected() -> None:
+    # The last character of a 2- or 3-char group carries 4 or 2 unused bits; mesh-llm's base64
+    # engine requires them to be zero, so each byte string has exactly one token spelling.
+    token = b64url(GOLDEN_JSON)
+    assert len(token) % 4 in (2, 3)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spare = alphabet[alphabet.index(token[-1]) | 1]
+    with pytest.raises(InvalidToken, match="trailing bits"):
+        decode_token(token[:-1] + spare)
 
 
 def test_json_layout_and_ordering() -> None:

@@ -1,4 +1,4 @@
-"""Validation of decoded control messages (MESH_PROTOCOL.md §5.3)."""
+"""Validation of decoded control messages (MESH_PROTOCOL.md §5.3, MESH_PROTOCOL_076.md §4.3)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import random
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshd.protocol import node_pb2
 from meshd.protocol.errors import (
@@ -14,17 +16,20 @@ from meshd.protocol.errors import (
     ForgedSender,
     InvalidFrame,
     InvalidIdLength,
+    InvalidSubprotocol,
     MalformedMessage,
     MissingHttpPort,
 )
 from meshd.protocol.keys import is_valid_ed25519_point
 from meshd.protocol.validate import (
     check_gossip_sender,
+    decode_direct_path_request,
     decode_gossip_frame,
     decode_peer_down,
     decode_peer_leaving,
     decode_route_table,
     decode_route_table_request,
+    decode_subprotocol_open,
     decode_tunnel_map,
     valid_point_announcements,
 )
@@ -234,3 +239,136 @@ def test_entries_with_invalid_points_are_dropped() -> None:
     frame.peers.add(endpoint_id=B, role=node_pb2.WORKER)
     decoded = decode_gossip_frame(frame.SerializeToString(), remote_id=A)
     assert [p.endpoint_id for p in valid_point_announcements(decoded.peers)] == [A, B]
+
+
+# ---- 0.76 (MESH_PROTOCOL_076.md §4.3) ----
+
+
+@pytest.mark.parametrize(("name", "major"), [("", 1), ("  \t", 2), ("\u3000", 1), ("skippy-stage", 0)])
+def test_a_bad_subprotocol_rejects_the_whole_frame(name: str, major: int) -> None:
+    frame = gossip()
+    frame.peers.add(endpoint_id=B, role=node_pb2.CLIENT)  # a second, otherwise fine entry
+    frame.peers[1].subprotocols.add(name="skippy-stage", major=2, features=["stage-control"])
+    frame.peers[1].subprotocols.add(name=name, major=major)
+    with pytest.raises(InvalidSubprotocol) as info:
+        decode_gossip_frame(frame.SerializeToString())
+    assert (info.value.name, info.value.major) == (name, major)
+
+
+def test_good_subprotocols_accepted() -> None:
+    frame = gossip()
+    frame.peers[0].subprotocols.add(name="skippy-stage", major=2, features=[])
+    frame.peers[0].subprotocols.add(name="\u00a0x", major=1)  # not blank after trimming
+    assert decode_gossip_frame(frame.SerializeToString()) == frame
+
+
+def test_direct_path_request() -> None:
+    good = node_pb2.DirectPathRequest(requester_id=A, gen=1, serialized_addr=b"{}")
+    assert decode_direct_path_request(good.SerializeToString(), A) == good
+    with pytest.raises(BadGeneration):
+        decode_direct_path_request(
+            node_pb2.DirectPathRequest(requester_id=A, serialized_addr=b"x").SerializeToString(), A
+        )
+    with pytest.raises(InvalidIdLength):
+        decode_direct_path_request(
+            node_pb2.DirectPathRequest(requester_id=A[:5], gen=1, serialized_addr=b"x").SerializeToString(), A
+        )
+    with pytest.raises(InvalidFrame, match="empty serialized_addr"):
+        decode_direct_path_request(node_pb2.DirectPathRequest(requester_id=A, gen=1).SerializeToString(), A)
+    with pytest.raises(ForgedSender):
+        decode_direct_path_request(good.SerializeToString(), B)
+
+
+def test_subprotocol_open() -> None:
+    good = node_pb2.MeshSubprotocolOpen(gen=1, name="skippy-stage", major=2)
+    assert decode_subprotocol_open(good.SerializeToString()) == good
+    with pytest.raises(BadGeneration):
+        decode_subprotocol_open(node_pb2.MeshSubprotocolOpen(gen=2, name="x", major=1).SerializeToString())
+    with pytest.raises(InvalidSubprotocol):
+        decode_subprotocol_open(node_pb2.MeshSubprotocolOpen(gen=1, name=" ", major=1).SerializeToString())
+    with pytest.raises(InvalidSubprotocol):
+        decode_subprotocol_open(node_pb2.MeshSubprotocolOpen(gen=1, name="x").SerializeToString())
+
+
+# ---- property tests: whatever bytes arrive, a decoder returns a message or raises InvalidFrame ----
+
+_DECODERS = [
+    lambda b: decode_gossip_frame(b, A),
+    decode_route_table_request,
+    decode_route_table,
+    decode_peer_down,
+    lambda b: decode_peer_leaving(b, A),
+    lambda b: decode_tunnel_map(b, A),
+    lambda b: decode_direct_path_request(b, A),
+    decode_subprotocol_open,
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=600), which=st.integers(0, len(_DECODERS) - 1))
+def test_random_bytes_only_raise_invalid_frame(data: bytes, which: int) -> None:
+    try:
+        _DECODERS[which](data)
+    except InvalidFrame:
+        pass
+
+
+def _entry(draw: st.DrawFn) -> node_pb2.PeerAnnouncement:
+    ann = node_pb2.PeerAnnouncement(
+        endpoint_id=draw(st.sampled_from([A, B, C, A[:31], b""])),
+        role=draw(st.sampled_from([0, 1, 2, 3, 7])),
+    )
+    if draw(st.booleans()):
+        ann.http_port = draw(st.integers(0, 2**32 - 1))
+    for _ in range(draw(st.integers(0, 3))):
+        ann.subprotocols.add(name=draw(st.sampled_from(["", " ", "skippy-stage", "x"])), major=draw(st.integers(0, 3)))
+    ann.serving_models.extend(draw(st.lists(st.text(max_size=5), max_size=3)))
+    ann.latency_source = draw(st.integers(0, 9))
+    ann.inference_admission_state = draw(st.integers(0, 9))
+    if draw(st.booleans()):
+        ann.direct_admission_proof.timestamp_unix_ms = draw(st.integers(0, 2**64 - 1))
+    return ann
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> tuple[node_pb2.GossipFrame, bytes]:
+    frame = node_pb2.GossipFrame(gen=draw(st.sampled_from([0, 1, 2])), sender_id=draw(st.sampled_from([A, B[:3]])))
+    for _ in range(draw(st.integers(0, 4))):
+        frame.peers.append(_entry(draw))
+    body = frame.SerializeToString()
+    # segmentation and corruption: a truncated body or one flipped byte
+    mode = draw(st.sampled_from(["whole", "cut", "flip"]))
+    if mode == "cut" and body:
+        body = body[: draw(st.integers(0, len(body) - 1))]
+    elif mode == "flip" and body:
+        i = draw(st.integers(0, len(body) - 1))
+        body = body[:i] + bytes([body[i] ^ draw(st.integers(1, 255))]) + body[i + 1 :]
+    return frame, body
+
+
+def _expected_ok(frame: node_pb2.GossipFrame) -> bool:
+    return (
+        frame.gen == 1
+        and frame.sender_id == A
+        and all(
+            len(p.endpoint_id) == 32
+            and (p.role != node_pb2.HOST or p.HasField("http_port"))
+            and all(s.name.strip() and s.major for s in p.subprotocols)
+            for p in frame.peers
+        )
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(frames())
+def test_gossip_frames_accepted_exactly_when_valid(case: tuple[node_pb2.GossipFrame, bytes]) -> None:
+    frame, body = case
+    try:
+        decoded = decode_gossip_frame(body, A)
+    except InvalidFrame:
+        if body == frame.SerializeToString():
+            assert not _expected_ok(frame)
+        return
+    assert _expected_ok(decoded)
+    if body == frame.SerializeToString():
+        assert decoded == frame

@@ -1,0 +1,135 @@
+"""meshd against the real mesh-llm 0.76 client: the official Node SDK ``@mesh-llm/sdk`` 0.76.2 (its
+Rust client, iroh 1.0.x, in a prebuilt addon) in a Debian 13 chroot, and a real ``twistd -n meshd
+--serve`` host on a real llama-server."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from meshd.protocol.requirements import MeshGenesisPolicy, SignedBootstrapToken, SignedMeshGenesisPolicy, owner_id
+from meshd.protocol.token import decode_invite_token, decode_token
+from tests.integration.backend import LlamaBackend
+from tests.integration.daemon import Daemon
+from tests.integration.mesh_sdk import SDK_VERSION, MeshSdk
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+# What the SDK's Client does for an app: create with an owner key and an invite token, start, then
+# list models and chat. chat() does not throw on a failed request: it returns the events.
+CLIENT_SCRIPT = """
+;(async () => {
+  const out = {}
+  const client = sdk.Client.create({ ownerKeypairHex: sdk.generateOwnerKeypairHex(), inviteToken: process.env.TOKEN })
+  await client.start()
+  out.status = await client.status()
+  try { out.models = await client.inference.listModels() } catch (e) { out.modelsError = errorText(e) }
+  try {
+    out.chat = await client.inference.chat(
+      { model: 'tiny', messages: [{ role: 'user', content: 'hello mesh' }] }, { timeoutMs: 30000 })
+  } catch (e) { out.chatError = errorText(e) }
+  await client.stop()
+  emit(out)
+})().catch((e) => emit({ error: errorText(e) }))
+"""
+
+
+def test_sdk_loads_in_the_chroot(mesh_sdk: MeshSdk) -> None:
+    run = mesh_sdk.run("emit({ version: sdk.currentMeshVersion(), owner: sdk.generateOwnerKeypairHex() })", timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert run.output["version"] == SDK_VERSION == "0.76.2"
+    assert re.fullmatch(r"[0-9a-f]{128}", run.output["owner"])
+
+
+def test_sdk_script_deadline_reports(mesh_sdk: MeshSdk) -> None:
+    # a script that never finishes is cut off by its own deadline and still reports
+    run = mesh_sdk.run("setInterval(() => {}, 1000)", timeout=4)
+    assert (run.returncode, run.output) == (3, {"deadline": True})
+
+
+@pytest.fixture(scope="module")
+def meshd_host(tmp_path_factory: pytest.TempPathFactory, llama_backend: LlamaBackend) -> Iterator[str]:
+    """A ``meshd --serve`` host (direct UDP on 127.0.0.1 only, no relays, a dead Nostr relay) on the
+    tiny llama-server; yields its invite token."""
+    tmp = tmp_path_factory.mktemp("sdk-host")
+    d = Daemon(
+        [
+            "--serve",
+            llama_backend.url,
+            "--port",
+            "0",
+            "--console",
+            "0",
+            "--bind-address",
+            "127.0.0.1",
+            "--no-relay",
+            "--nostr-relay",
+            "ws://127.0.0.1:9",
+            "--state-dir",
+            str(tmp / "state"),
+        ],
+        cwd=Path(tmp),
+    )
+    try:
+        ready = d.wait_event("ready", timeout=30)
+        d.wait_event("backend_state", timeout=30)
+        with urllib.request.urlopen(ready["console_url"] + "/api/status", timeout=5) as resp:
+            token = json.loads(resp.read())["token"]
+        assert decode_token(token).dialable_ip_addrs()[0][0] == "127.0.0.1"
+        yield token
+    finally:
+        d.kill()
+
+
+def test_sdk_reaches_a_meshd_host_over_quic(mesh_sdk: MeshSdk, meshd_host: str) -> None:
+    # The SDK's iroh 1.0.x endpoint (SNI <base32>.iroh.invalid, X25519MLKEM768 + X25519 key shares,
+    # raw public keys) completes the handshake with meshd, opens 0x04, writes its request and reads
+    # to the end. Until meshd serves 0x04 before admission the reply is empty, which the SDK calls
+    # a "malformed HTTP response"; a transport failure would read "connect mesh endpoint: ...".
+    run = mesh_sdk.run(CLIENT_SCRIPT, env={"TOKEN": meshd_host}, timeout=90)
+    out = run.output
+    assert out["status"] == {"connected": True, "peerCount": 1}
+    assert "models" in out or out["modelsError"] == "endpoint error: malformed HTTP response", out
+
+
+def test_sdk_reads_a_signed_bootstrap_token_made_by_meshd(mesh_sdk: MeshSdk, meshd_host: str) -> None:
+    # A gated-mesh invite built by meshd's own encoder (owner-signed, serde-style JSON with byte
+    # arrays as integer lists): the SDK's Rust decoder must find serialized_addrs[0] in it and dial
+    # the same host. A token it could not parse would fail with "invalid invite token ...".
+    owner = Ed25519PrivateKey.generate()
+    policy = MeshGenesisPolicy(owner_id(owner.public_key().public_bytes_raw()), 1_700_000_000_000)
+    signed = SignedBootstrapToken.sign(
+        [decode_token(meshd_host).to_json().encode()],
+        SignedMeshGenesisPolicy.sign(policy, owner),
+        owner,
+        expires_at_unix_ms=None,
+    )
+    token = signed.encode()
+    assert decode_invite_token(token, now_ms=1_700_000_000_000).addr == decode_token(meshd_host)
+    run = mesh_sdk.run(CLIENT_SCRIPT, env={"TOKEN": token}, timeout=90)
+    out = run.output
+    assert "models" in out or out["modelsError"] == "endpoint error: malformed HTTP response", out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "meshd drops 0x04 from peers that have not gossiped (the 0.65 pre-admission rule), and the SDK "
+        "client never gossips: today listModels() rejects with 'endpoint error: malformed HTTP response' "
+        "and chat() resolves to {content: '', events: [{type: 'failed', error: 'malformed HTTP "
+        "response'}]}; it passes once node.py uses allowed_before_admission(type, TrustPolicy.OFF)"
+    ),
+)
+def test_sdk_client_lists_models_and_chats_through_a_meshd_host(mesh_sdk: MeshSdk, meshd_host: str) -> None:
+    run = mesh_sdk.run(CLIENT_SCRIPT, env={"TOKEN": meshd_host}, timeout=90)
+    out = run.output
+    assert out.get("models") == [{"id": "tiny", "name": "tiny"}], out
+    chat = out.get("chat") or {}
+    assert [e["type"] for e in chat.get("events", [])] == ["tokenDelta", "completed"], out
+    assert chat["content"] and chat["events"][0]["delta"] == chat["content"]
