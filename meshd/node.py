@@ -27,22 +27,26 @@ from meshd.control import STREAM_PROTOCOL_ERROR, Discard, FrameReader, InboundSt
 from meshd.control import send_oneway as _send_oneway
 from meshd.deferreds import failed, fire_all
 from meshd.identity import Identity
-from meshd.mesh.state import MeshState, PeerEntry
+from meshd.mesh.state import SILENT_SUSPECT_SECS, DialBook, MeshState, PeerEntry
 from meshd.pipe import pipe
 from meshd.protocol import node_pb2
+from meshd.protocol.admission import add_gated_self_fields, check_direct_peer
 from meshd.protocol.errors import InvalidToken, ProtocolError
 from meshd.protocol.framing import encode_stream_type
+from meshd.protocol.mesh_id import named_mesh_id, random_mesh_id
 from meshd.protocol.peers import Role as PeerRole
 from meshd.protocol.peers import (
     build_gossip_frame,
     build_peer_down,
     build_peer_leaving,
     build_self_announcement,
+    direct_entry,
     peer_info_from_announcement,
     sanitize_relayed_announcement,
 )
-from meshd.protocol.streams import PROTOCOL_GENERATION, StreamType, allowed_before_admission
-from meshd.protocol.token import EndpointAddr, decode_token, encode_token
+from meshd.protocol.requirements import MeshRequirementState, RequirementError
+from meshd.protocol.streams import PROTOCOL_GENERATION, StreamType, TrustPolicy, allowed_before_admission
+from meshd.protocol.token import EndpointAddr, decode_invite_token, encode_token
 from meshd.protocol.validate import (
     decode_gossip_frame,
     decode_peer_down,
@@ -51,10 +55,12 @@ from meshd.protocol.validate import (
     decode_tunnel_map,
     valid_point_announcements,
 )
+from meshd.protocol.version import ANNOUNCED_VERSION
 from meshd.quic import MeshConnection, QuicEndpoint, QuicStream
 from meshd.relay.node_relay import NodeRelay
 
-JOIN_TIMEOUT = 15.0
+#: Connect plus gossip (mesh-llm 0.76: 30 s).
+JOIN_TIMEOUT = 30.0
 REDIAL_TIMEOUT = 10.0
 HEARTBEAT_INTERVAL = 60.0
 HEARTBEAT_FANOUT = 5
@@ -66,6 +72,15 @@ SAVE_LAST_MESH_DELAY = 5.0
 #: A connection whose peer sent nothing for this long is dead (both sides PING every 5 s).
 SILENT_PEER_SECS = 12.0
 LIVENESS_INTERVAL = 2.0
+#: mesh-llm's default trust policy: unadmitted peers may gossip, tunnel (0x04) and ask routes (0x05).
+TRUST_POLICY = TrustPolicy.OFF
+#: Recent reasons a peer or a mesh was refused (``/api/status`` ``recent_mesh_rejections``), at most.
+MAX_REJECTIONS = 16
+#: Dials of peers learned from gossip under way at once, at most (more wait for the next round).
+MAX_CONCURRENT_DIALS = 8
+#: Heartbeat failures before a peer is dead: on a direct path, and on a relay-only one (0.76 §13).
+STRIKES_DIRECT = 2
+STRIKES_RELAY = 5
 
 
 class NodeState(Enum):
@@ -108,8 +123,11 @@ class Node(Service):
         reactor: Any,
         *,
         rng: random.Random | None = None,
+        nostr_pubkey_hex: str | None = None,
     ) -> None:
         self.config = config
+        #: The publishing key's hex (``--publish``): part of a named mesh's id (0.76 §7).
+        self._nostr_pubkey_hex = nostr_pubkey_hex
         self.identity = identity
         self._reactor = reactor
         self._rng = rng or random.Random()
@@ -141,6 +159,14 @@ class Node(Service):
         self._leaving: set[bytes] = set()
         self._joining = False
         self._join_errors: dict[str, str] = {}
+        #: A gated mesh's requirement state, from the signed token we joined through (0.76 §6).
+        self.requirements: MeshRequirementState | None = None
+        #: mesh-llm's ``recent_mesh_rejections``: why a mesh or a peer was refused, newest last.
+        self.rejections: list[dict[str, Any]] = []
+        #: When peers learned from gossip may be dialled again (backoff per peer).
+        self.dials = DialBook()
+        #: Peers whose connection we closed because they went silent, and when.
+        self._silenced: dict[bytes, float] = {}
         self._last_rejoin = 0.0
         self._save_call: Any = None
         # --- relay path (meshd.relay): None when relays are disabled ---
@@ -336,11 +362,49 @@ class Node(Service):
 
     def join(self, token: str) -> Deferred[MeshConnection]:
         try:
-            addr = decode_token(token)
+            invite = decode_invite_token(token, now_ms=self.now_ms())
         except InvalidToken as e:
             return failed(JoinError(f"bad invite token: {e}"))
+        if invite.mesh is not None:
+            try:
+                self._enter_gated_mesh(invite.mesh)
+            except JoinError as e:
+                return failed(e)
+        addr = invite.addr
         self.mesh.dead.pop(addr.id, None)
         return self.connect_to_peer(addr, JOIN_TIMEOUT)
+
+    def _enter_gated_mesh(self, state: MeshRequirementState) -> None:
+        """A signed token leads into a gated mesh: its id is ours from now on, and every gossip frame
+        carries our admission proof. A mesh that needs a release-signed build is out of reach."""
+        if self.requirements is not None and self.requirements.mesh_id != state.mesh_id:
+            raise JoinError("this token leads to another gated mesh than the one this node is in")
+        try:
+            # Our own entry must pass the mesh's bounds (a mesh requiring a release-signed build fails here).
+            state.policy.requirements.evaluate(node_version=ANNOUNCED_VERSION, protocol_generation=PROTOCOL_GENERATION)
+        except RequirementError as e:
+            self.reject("join", e.code, str(e))
+            raise JoinError(f"cannot join this gated mesh: {e}") from None
+        self.requirements = state
+        if self.mesh.mesh_id != state.mesh_id:
+            self.mesh.mesh_id = state.mesh_id
+            self.notify_changed()
+
+    def reject(self, source: str, reason: str, message: str, peer: bytes | None = None) -> None:
+        """Remember why a mesh or a peer was refused (shown in ``/api/status``; bounded)."""
+        entry: dict[str, Any] = {
+            "observed_at_unix_ms": self.now_ms(),
+            "source": source,
+            "reason": reason,
+            "message": message,
+        }
+        if peer is not None:
+            entry["peer_id"] = peer.hex()
+        self.rejections = [*self.rejections, entry][-MAX_REJECTIONS:]
+        self._log.warn("refused ({source}): {message}", source=source, message=message, event="mesh_rejection")
+
+    def now_ms(self) -> int:
+        return int(self.now() * 1000)
 
     def connect_to_peer(self, addr: EndpointAddr, timeout: float) -> Deferred[MeshConnection]:
         """Dial (unless connected), gossip, and dial the peers it told us about."""
@@ -405,24 +469,37 @@ class Node(Service):
             if not conn.is_connected or conn.remote_id in self._leaving:
                 # The peer left (or the connection died) while we waited: its news is stale.
                 raise JoinError(f"connection to {conn.remote_id.hex()[:10]} closed during gossip")
+            problem = self._direct_entry_problem(conn.remote_id, reply)
+            if problem is not None:
+                raise JoinError(f"peer {conn.remote_id.hex()[:10]}: {problem}")
             self._apply_gossip(conn.remote_id, reply)
 
         return Deferred.fromCoroutine(run())
 
     def _dial_learned_peers(self) -> None:
+        """Dial (and gossip with) peers we only heard of, so they admit us and we them. Bounded: a few at
+        a time, and each peer after a failure only once its backoff has passed."""
+        now = self.now()
         for pid, entry in list(self.mesh.peers.items()):
-            if pid in self.conns or pid in self._dialing or self._stopping:
+            if len(self._dialing) >= MAX_CONCURRENT_DIALS or self._stopping:
+                return
+            if pid in self.conns or pid in self._dialing or not self.dials.may_dial(pid, now):
                 continue
             if self.is_client and entry.info.role is PeerRole.CLIENT:
                 continue  # clients don't dial clients
             if not self._dialable(entry.info.addr):
                 continue
             d = self.connect_to_peer(entry.info.addr, REDIAL_TIMEOUT)
-            d.addErrback(self._log_dial_failure, pid)
+            d.addCallbacks(lambda _, p=pid: self.dials.succeeded(p), self._log_dial_failure, errbackArgs=(pid,))
 
     def _log_dial_failure(self, failure: Failure, pid: bytes) -> None:
+        again = self.dials.failed(pid, self.now())
         self._log.info(
-            "could not reach peer {peer}: {err}", peer=pid.hex()[:10], err=_describe(failure.value), event="dial_failed"
+            "could not reach peer {peer}: {err} (next try in {wait:.0f} s at the earliest)",
+            peer=pid.hex()[:10],
+            err=_describe(failure.value),
+            wait=again - self.now(),
+            event="dial_failed",
         )
 
     def _rejoin(self) -> None:
@@ -443,23 +520,29 @@ class Node(Service):
     # -- gossip ---------------------------------------------------------------------------------
 
     def self_announcement(self) -> node_pb2.PeerAnnouncement:
+        """Our own entry: the version 0.76 accepts (``0.76.0+meshd.X``), a hostname that names no
+        machine (0.76 hosts relay a client's entry only if it has one), and on a gated mesh the mesh id,
+        policy hash and a fresh admission proof."""
         now = self.now()
+        common: dict[str, Any] = {
+            "addr": self.own_addr(),
+            "version": ANNOUNCED_VERSION,
+            "mesh_id": self.mesh.mesh_id,
+            "demand": self.mesh.live_demand(now),
+            "hostname": f"meshd-{self.identity.short_id}",
+        }
         if self.is_client:
-            return build_self_announcement(
-                addr=self.own_addr(),
-                version=__version__,
-                mesh_id=self.mesh.mesh_id,
-                demand=self.mesh.live_demand(now),
+            ann = build_self_announcement(**common)
+        else:
+            ann = build_self_announcement(
+                **common,
+                role=PeerRole.HOST,
+                http_port=self.api_port or self.config.api_port or 9337,
+                hosted_models=self.hosted_models,
             )
-        return build_self_announcement(
-            addr=self.own_addr(),
-            version=__version__,
-            role=PeerRole.HOST,
-            http_port=self.api_port or self.config.api_port or 9337,
-            hosted_models=self.hosted_models,
-            mesh_id=self.mesh.mesh_id,
-            demand=self.mesh.live_demand(now),
-        )
+        if self.requirements is not None:
+            add_gated_self_fields(ann, self.requirements, self.identity.private_key, self.now_ms())
+        return ann
 
     def gossip_frame(self) -> node_pb2.GossipFrame:
         now = self.now()
@@ -482,6 +565,10 @@ class Node(Service):
             if ann.endpoint_id != self.identity.public_bytes:
                 self.announcements[bytes(ann.endpoint_id)] = ann
         outcome = self.mesh.ingest_gossip(remote_id, infos, self.now())
+        if outcome.refused is not None:
+            self.reject("gossip", "node_version_below_floor", outcome.refused, remote_id)
+        else:
+            self._silenced.pop(remote_id, None)
         if outcome.adopted_mesh_id:
             self._log.info("mesh id {mesh_id}", mesh_id=outcome.adopted_mesh_id, event="mesh_id")
             self._save_call = self._reactor.callLater(SAVE_LAST_MESH_DELAY, self._save_last_mesh)
@@ -491,7 +578,10 @@ class Node(Service):
             self.notify_changed()
 
     def _originate_mesh_id(self) -> str:
-        """A host that starts its own mesh: the random id persisted in ``<state-dir>/mesh-id``."""
+        """A host that starts its own mesh (0.76 §7): a named mesh's id is derived from its name (and the
+        publishing Nostr key); an unnamed one's is random, persisted in ``<state-dir>/mesh-id``."""
+        if self.config.mesh_name:
+            return named_mesh_id(self.config.mesh_name, self._nostr_pubkey_hex if self.config.publish else None)
         path = Path(self.config.state_dir) / "mesh-id"
         try:
             text = path.read_text().strip()
@@ -499,7 +589,7 @@ class Node(Service):
                 return text
         except OSError:
             pass
-        mesh_id = os.urandom(16).hex()
+        mesh_id = random_mesh_id(os.urandom)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             path.write_text(mesh_id)
@@ -561,7 +651,7 @@ class Node(Service):
     def _dispatch(self, conn: MeshConnection, stream: QuicStream, stream_type: StreamType) -> Any:
         rid = conn.remote_id
         assert rid is not None
-        if not allowed_before_admission(stream_type) and not self.mesh.is_admitted(rid):
+        if not allowed_before_admission(stream_type, TRUST_POLICY) and not self.mesh.is_admitted(rid):
             self._log.info(
                 "dropping {type} stream from unadmitted {peer}",
                 type=stream_type.name,
@@ -578,6 +668,9 @@ class Node(Service):
             )
             return reader
         if stream_type is StreamType.ROUTE_REQUEST:
+            if not self.mesh.is_admitted(rid):  # 0.76 lets the stream in but discloses no topology
+                _drop(stream)
+                return None
             reader = FrameReader(stream)
             reader.result.addCallbacks(
                 self._answer_route_request, self._bad_frame, callbackArgs=(stream,), errbackArgs=(conn, "route")
@@ -630,9 +723,30 @@ class Node(Service):
             return
         if not conn.is_connected or conn.remote_id in self._leaving:
             return  # the peer left; this frame was still in flight
+        problem = self._direct_entry_problem(conn.remote_id, frame)
+        if problem is not None:
+            # 0.76 §2.3: no reply to a frame without the sender's own entry, or one a gated mesh refuses.
+            self._log.info(
+                "no gossip reply to {peer}: {why}", peer=conn.remote_id.hex()[:10], why=problem, event="bad_gossip"
+            )
+            stream.reset(STREAM_PROTOCOL_ERROR)
+            return
         reply_frame(stream, self.gossip_frame())
         self._apply_gossip(conn.remote_id, frame)
         self._dial_learned_peers()
+
+    def _direct_entry_problem(self, remote_id: bytes, frame: node_pb2.GossipFrame) -> str | None:
+        """Why a peer's direct gossip is refused, if it is: it must carry the sender's own entry, and on a
+        gated mesh that entry must pass the mesh's checks (0.76 §2.3, §6.2)."""
+        own = direct_entry(frame, remote_id)
+        if own is None:
+            return "the frame omits the sender's own entry"
+        try:
+            check_direct_peer(self.requirements, own, remote_id, self.now_ms())
+        except RequirementError as e:
+            self.reject("gossip", e.code, str(e), remote_id)
+            return str(e)
+        return None
 
     def _answer_route_request(self, body: bytes, stream: QuicStream) -> None:
         try:
@@ -720,8 +834,10 @@ class Node(Service):
         """Close connections whose peer went silent, so their streams fail now rather than at the
         30 s idle timeout (requests then fail over, streams end with an error)."""
         now = self.now()
+        self.suspect_ids()  # forgets silences that are old news
         for rid, conn in list(self.conns.items()):
             if conn.is_connected and now - conn.last_received > SILENT_PEER_SECS:
+                self._silenced[rid] = now
                 self._log.info(
                     "peer {peer} silent for {secs:.0f}s; closing its connection",
                     peer=rid.hex()[:10],
@@ -761,7 +877,9 @@ class Node(Service):
     def _heartbeat_failed(self, failure: Failure, pid: bytes) -> None:
         if self._stopping:
             return
-        if self.mesh.heartbeat_failed(pid, self.now()):
+        conn = self.conns.get(pid)
+        relay_only = conn is not None and self.relay is not None and self.relay.path_of(conn)[0] == "relay"
+        if self.mesh.heartbeat_failed(pid, self.now(), STRIKES_RELAY if relay_only else STRIKES_DIRECT):
             self._log.info("peer {peer} is dead", peer=pid.hex()[:10], event="peer_dead")
             self.mesh.remove(pid, self.now())
             self.announcements.pop(pid, None)
@@ -795,6 +913,17 @@ class Node(Service):
         """Host role: the models our backend serves right now (known to the mesh state from then on)."""
         self.hosted_models = models
         self.mesh.note_models(models, self.now())
+
+    def connected_ids(self) -> set[bytes]:
+        return {pid for pid, conn in self.conns.items() if conn.is_connected}
+
+    def suspect_ids(self) -> set[bytes]:
+        """Peers whose connection died of silence lately and has not come back."""
+        now = self.now()
+        for pid, at in list(self._silenced.items()):
+            if now - at >= SILENT_SUSPECT_SECS:
+                del self._silenced[pid]
+        return set(self._silenced) - self.connected_ids()
 
     def serves_locally(self, model: str | None) -> bool:
         """Host role: does our own backend serve ``model`` (any model, when None)?"""

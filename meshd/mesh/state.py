@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import attrs
 
 from meshd.protocol.peers import EXCLUDED_DEMAND_MODELS, DemandEntry, PeerInfo, Role
+from meshd.protocol.version import passes_version_floor
 
 #: A peer not heard from (directly or through gossip) for this long is not relayed in gossip.
 STALE_SECS = 180.0
@@ -31,6 +32,16 @@ MAX_MODEL_NAME_BYTES = 512
 #: is a typo: 404 at once; a known one with no live host: 503 and retry).
 KNOWN_MODEL_TTL_SECS = 86_400
 MAX_KNOWN_MODELS = 1024
+#: Entries read from one gossip frame (the sender's own entry always counts; the rest are hearsay).
+MAX_ENTRIES_PER_FRAME = 256
+#: Peers known only through others (not admitted) kept at most; peers in the table at most.
+MAX_UNADMITTED_PEERS = 256
+MAX_PEERS = 1024
+#: Dialling a peer learned from gossip: after a failure wait this long, doubling up to the cap.
+DIAL_BACKOFF_BASE_SECS = 5.0
+DIAL_BACKOFF_MAX_SECS = 300.0
+#: A connection closed because the peer went silent makes it a last resort for this long.
+SILENT_SUSPECT_SECS = 60.0
 
 _U64 = (1 << 64) - 1
 
@@ -66,6 +77,8 @@ class GossipOutcome:
     new_peers: tuple[bytes, ...]  # ids added by this frame (direct or transitive)
     updated: bool  # anything visible changed
     adopted_mesh_id: str | None  # set when this frame gave us our mesh id
+    #: Why the sender itself was not admitted (below 0.76's version floor), if it was not.
+    refused: str | None = None
 
 
 def rotation_seed(own_id: bytes) -> int:
@@ -119,37 +132,47 @@ class MeshState:
     # -- gossip --------------------------------------------------------------------------------
 
     def ingest_gossip(self, remote_id: bytes, infos: Iterable[PeerInfo], now: float) -> GossipOutcome:
-        """Apply a validated frame from ``remote_id`` (its self entry = direct contact)."""
+        """Apply a validated frame from ``remote_id``: its own entry is direct contact and admits it
+        (unless its version is below 0.76's floor); the others are hearsay, bounded per frame and in
+        the table, and never admitted by this."""
         new: list[bytes] = []
         updated = False
         adopted: str | None = None
+        refused: str | None = None
         self.dead.pop(remote_id, None)
-        for info in infos:
+        entries = list(infos)
+        own = [i for i in entries if i.endpoint_id == remote_id][:1]
+        others = [i for i in entries if i.endpoint_id not in (remote_id, self.own_id)][:MAX_ENTRIES_PER_FRAME]
+        for info in own:
+            if not passes_version_floor(info.version):
+                refused = f"version {info.version!r} is below mesh-llm's floor 0.60"
+                continue
+            entry = self.peers.get(remote_id)
+            if entry is None:
+                self._make_room()
+                entry = self.peers[remote_id] = PeerEntry(info=info, first_seen=now)
+                new.append(remote_id)
+            elif entry.info != info:
+                entry.info = info
+                updated = True
+            entry.last_direct = now
+            entry.strikes = 0
+            if not entry.admitted:
+                entry.admitted = True
+                updated = True
+            self.note_models(info.served_models, now)
+            if info.mesh_id and self.mesh_id is None:
+                self.mesh_id = adopted = info.mesh_id
+            self._merge_demand(info.demand)
+        for info in others:
             pid = info.endpoint_id
-            if pid == self.own_id:
-                continue
-            entry = self.peers.get(pid)
-            if pid == remote_id:
-                if entry is None:
-                    entry = self.peers[pid] = PeerEntry(info=info, first_seen=now)
-                    new.append(pid)
-                elif entry.info != info:
-                    entry.info = info
-                    updated = True
-                entry.last_direct = now
-                entry.strikes = 0
-                if not entry.admitted:
-                    entry.admitted = True
-                    updated = True
-                self.note_models(info.served_models, now)
-                if info.mesh_id and self.mesh_id is None:
-                    self.mesh_id = adopted = info.mesh_id
-                self._merge_demand(info.demand)
-                continue
-            if self._is_dead(pid, now):
+            if self._is_dead(pid, now) or not passes_version_floor(info.version):
                 continue
             self.note_models(info.served_models, now)
+            entry = self.peers.get(pid)
             if entry is None:
+                if self.unadmitted_count() >= MAX_UNADMITTED_PEERS or len(self.peers) >= MAX_PEERS:
+                    continue  # hearsay beyond the bounds is dropped, never stored
                 self.peers[pid] = PeerEntry(info=info, first_seen=now, last_mention=now)
                 new.append(pid)
                 continue
@@ -160,7 +183,21 @@ class MeshState:
                 updated = True
         if new or updated or adopted:
             self.version += 1
-        return GossipOutcome(new_peers=tuple(new), updated=bool(new or updated), adopted_mesh_id=adopted)
+        return GossipOutcome(
+            new_peers=tuple(new), updated=bool(new or updated), adopted_mesh_id=adopted, refused=refused
+        )
+
+    def unadmitted_count(self) -> int:
+        return sum(1 for e in self.peers.values() if not e.admitted)
+
+    def _make_room(self) -> None:
+        """Before admitting a peer into a full table, forget the hearsay heard of least recently."""
+        if len(self.peers) < MAX_PEERS:
+            return
+        hearsay = [e for e in self.peers.values() if not e.admitted]
+        if hearsay:
+            oldest = min(hearsay, key=lambda e: e.last_heard())
+            del self.peers[oldest.endpoint_id]
 
     def gossip_entries(self, now: float) -> list[PeerInfo]:
         """Peers to relay in our own frame: heard from (directly or not) within STALE_SECS."""
@@ -201,13 +238,14 @@ class MeshState:
             entry.last_direct = now
             entry.strikes = 0
 
-    def heartbeat_failed(self, peer_id: bytes, now: float) -> bool:
-        """Record a failed heartbeat; True when the peer is now to be declared dead."""
+    def heartbeat_failed(self, peer_id: bytes, now: float, strikes: int = HEARTBEAT_STRIKES) -> bool:
+        """Record a failed heartbeat; True when the peer is now to be declared dead (after ``strikes``
+        failures: 2 on a direct path, 5 on a relay-only one, as in mesh-llm 0.76)."""
         entry = self.peers.get(peer_id)
         if entry is None:
             return False
         entry.strikes += 1
-        return entry.strikes >= HEARTBEAT_STRIKES and not entry.heard_directly_within(now, STALE_SECS)
+        return entry.strikes >= strikes and not entry.heard_directly_within(now, STALE_SECS)
 
     def should_probe_peer_down(self, peer_id: bytes, now: float) -> bool:
         """PEER_DOWN from someone else: ignore it if we heard from that peer directly recently."""
@@ -253,8 +291,13 @@ class MeshState:
     # -- routing -------------------------------------------------------------------------------
 
     def hosts(self) -> list[PeerEntry]:
-        """Admitted HOST peers: the only ones requests are routed to."""
-        return [e for e in self.peers.values() if e.info.role is Role.HOST and e.admitted]
+        """Admitted HOST peers that take remote requests: the only ones requests are routed to (a host
+        whose activity policy paused remote work is skipped, 0.76 §9.7)."""
+        return [
+            e
+            for e in self.peers.values()
+            if e.info.role is Role.HOST and e.admitted and e.info.accepts_remote_inference
+        ]
 
     def routable_models(self) -> dict[str, list[bytes]]:
         """Model name -> ids of admitted HOST peers that route it (hosted_models if known, else serving)."""
@@ -306,3 +349,51 @@ class MeshState:
 
     def live_demand(self, now: float) -> list[DemandEntry]:
         return [d for d in self.demand.values() if now - d.last_active < DEMAND_TTL_SECS]
+
+
+@attrs.define
+class _DialRecord:
+    failures: int = 0
+    next_at: float = 0.0
+
+
+class DialBook:
+    """When a peer learned from gossip may be dialled (pure). Every failed dial doubles the wait before
+    the next one (5 s up to 5 min); a success forgets the record. Bounded like the peer table, so an
+    attacker's thousands of fake addresses cost a bounded number of dials, never a storm."""
+
+    def __init__(self, max_entries: int = MAX_PEERS) -> None:
+        self._records: OrderedDict[bytes, _DialRecord] = OrderedDict()
+        self._max = max_entries
+
+    def may_dial(self, peer_id: bytes, now: float) -> bool:
+        record = self._records.get(peer_id)
+        return record is None or now >= record.next_at
+
+    def failed(self, peer_id: bytes, now: float) -> float:
+        """Record a failed dial; returns when the next may start."""
+        record = self._records.pop(peer_id, None) or _DialRecord()
+        record.failures += 1
+        wait = min(DIAL_BACKOFF_MAX_SECS, DIAL_BACKOFF_BASE_SECS * 2 ** (record.failures - 1))
+        record.next_at = now + wait
+        self._records[peer_id] = record
+        while len(self._records) > self._max:
+            self._records.popitem(last=False)
+        return record.next_at
+
+    def succeeded(self, peer_id: bytes) -> None:
+        self._records.pop(peer_id, None)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+def route_order(hosts: list[bytes], connected: set[bytes], suspect: set[bytes]) -> list[bytes]:
+    """The order to try hosts in: those with a live connection first, then the others, in the given
+    order within each group; a host whose connection just died of silence only when no other host is
+    left (so no request waits on a dial to a peer that is very likely gone)."""
+    live = [h for h in hosts if h in connected]
+    cold = [h for h in hosts if h not in connected and h not in suspect]
+    if live or cold:
+        return live + cold
+    return [h for h in hosts if h in suspect]

@@ -449,3 +449,21 @@ def build_peer_down(dead_id: bytes) -> node_pb2.PeerDown:
 
 def build_route_table_request(requester_id: bytes = b"") -> node_pb2.RouteTableRequest:
     return node_pb2.RouteTableRequest(requester_id=requester_id, gen=PROTOCOL_GENERATION)
+
+
+def direct_entry(frame: node_pb2.GossipFrame, remote_id: bytes) -> node_pb2.PeerAnnouncement | None:
+    """The sender's own entry in a frame it sent us directly (0.76 §2.3): the entry whose address id
+    (the id inside ``serialized_addr`` when that parses, else ``endpoint_id``) is the remote's, with
+    both ids agreeing; None when the frame has none."""
+    for ann in frame.peers:
+        if bytes(ann.endpoint_id) != remote_id:
+            continue
+        if ann.serialized_addr:
+            try:
+                addr = EndpointAddr.from_json(bytes(ann.serialized_addr).decode("utf-8"))
+            except (InvalidToken, UnicodeDecodeError):
+                addr = None
+            if addr is not None and addr.id != remote_id:
+                continue
+        return ann
+    return None

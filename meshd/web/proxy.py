@@ -37,7 +37,7 @@ from meshd.httpwire import (
     render_request,
     reshape_upstream_error,
 )
-from meshd.mesh.state import sticky_order
+from meshd.mesh.state import route_order, sticky_order
 from meshd.node import Node
 from meshd.quic import QuicStream
 from meshd.tunnel import BUSY_HEADER, WAIT_HEADER
@@ -48,6 +48,8 @@ FIRST_BYTE_TIMEOUT = 300.0
 #: With no packet at all from the host for this long after the request went out, try the next one.
 SILENT_HOST_SECS = 3.0
 TUNNEL_OPEN_TIMEOUT = 10.0
+#: Opening tunnels (dials included) for one request may take this long in all, across failovers.
+TUNNEL_OPEN_BUDGET = 30.0
 #: How long a request waits for a busy host to free a slot (``--queue-timeout`` sets it).
 DEFAULT_BUSY_WAIT = 30.0
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server"}
@@ -350,6 +352,7 @@ class MeshProxy:
             for v in vs
             if k.lower() not in _NEVER_FORWARDED and not k.lower().startswith(b"x-meshd-")
         ]
+        hosts = route_order(hosts, self.node.connected_ids() | {own}, self.node.suspect_ids())
         outgoing = _Outgoing(request.method, request.uri, headers, body)
         self.node.inflight_requests += 1
         self.node.notify_changed()
@@ -379,15 +382,22 @@ class MeshProxy:
     ) -> bytes:
         """Each host once, asking busy hosts to say so at once; then, while time remains, wait at the
         hosts that were busy (they queue the request and serve it when a slot frees)."""
-        deadline = self._reactor.seconds() + self.busy_wait
+        now = self._reactor.seconds()
+        deadline = now + self.busy_wait
+        open_deadline = now + TUNNEL_OPEN_BUDGET
         errors: list[str] = []
         busy: list[bytes] = []
         for i, host in enumerate(hosts):
             last = i == len(hosts) - 1
+            if self._reactor.seconds() >= open_deadline:
+                errors.append(f"no time left to try {len(hosts) - i} more host(s) within {TUNNEL_OPEN_BUDGET:g}s")
+                break
             if i:
                 self.failovers += 1
             try:
-                return await self._attempt(request, host, message.method, message.render(0.0), last, request_id)
+                return await self._attempt(
+                    request, host, message.method, message.render(0.0), last, request_id, open_deadline
+                )
             except HostBusy:
                 self.busy_replies += 1
                 busy.append(host)
@@ -398,7 +408,9 @@ class MeshProxy:
             if remaining <= 0:
                 break
             try:
-                return await self._attempt(request, host, message.method, message.render(remaining), True, request_id)
+                return await self._attempt(
+                    request, host, message.method, message.render(remaining), True, request_id, deadline
+                )
             except HostBusy:
                 self.busy_replies += 1
             except TryNextHost as e:
@@ -433,13 +445,24 @@ class MeshProxy:
         )
 
     async def _attempt(
-        self, request: Any, host: bytes, method: bytes, raw: bytes, last: bool, request_id: str
+        self,
+        request: Any,
+        host: bytes,
+        method: bytes,
+        raw: bytes,
+        last: bool,
+        request_id: str,
+        open_deadline: float,
     ) -> bytes:
+        """One try on one host; the tunnel must open before ``open_deadline`` (the request's budget)."""
         try:
             if host == self.node.identity.public_bytes:
                 stream = self.node.open_local_tunnel()
             else:
-                stream = await self.node.open_tunnel(host, TUNNEL_OPEN_TIMEOUT)
+                budget = min(TUNNEL_OPEN_TIMEOUT, open_deadline - self._reactor.seconds())
+                if budget <= 0:
+                    raise TryNextHost("no time left to open a tunnel")
+                stream = await self.node.open_tunnel(host, budget)
         except CancelledError:
             raise
         except Exception as e:

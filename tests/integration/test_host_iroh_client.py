@@ -25,6 +25,7 @@ from meshd.protocol import node_pb2
 from meshd.protocol.peers import Role as PeerRole
 from meshd.protocol.peers import build_gossip_frame, build_self_announcement, peer_info_from_announcement
 from meshd.protocol.token import EndpointAddr, decode_token
+from meshd.protocol.version import passes_version_floor
 from meshd.tunnel import Backend
 from tests.integration.backend import LlamaBackend
 
@@ -164,14 +165,57 @@ async def test_iroh_client_gossips_then_gets_real_completions(mesh_host: Node, i
 
 
 @pytest_twisted.ensureDeferred
-async def test_unadmitted_iroh_peer_is_refused(mesh_host: Node, iroh_ep: Any) -> None:
+async def test_a_076_peer_tunnels_without_gossiping_first(mesh_host: Node, iroh_ep: Any) -> None:
+    """mesh-llm 0.76's SDK client opens 0x04 straight away (its default trust policy allows it before
+    admission): plain and streamed completions come back; other streams still need admission."""
     client = IrohClient(iroh_ep)
     await aio(client.connect(mesh_host.token or ""))
-    assert await aio(client.tunnel(chat(stream=False))) == b""  # dropped: EOF with no bytes
-    # after gossip the same connection works
-    await aio(client.gossip())
-    status, _, _ = parse_response(await aio(client.tunnel(chat(stream=False))))
-    assert status == 200
+    status, _, body = parse_response(await aio(client.tunnel(chat(stream=False))))
+    assert status == 200 and json.loads(body)["choices"][0]["message"]["content"]
+    status, headers, body = parse_response(await aio(client.tunnel(chat(stream=True))))
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert body.rstrip().endswith(b"data: [DONE]")
+    assert not mesh_host.mesh.is_admitted(client.id)  # served, yet not admitted: no gossip happened
+    # a ROUTE_REQUEST from a peer that has not gossiped is refused (0.76 discloses no topology)
+    bi = await aio(client.conn.open_bi())
+    request = node_pb2.RouteTableRequest(requester_id=client.id, gen=1).SerializeToString()
+    await aio(bi.send().write_all(b"\x05" + struct.pack("<I", len(request)) + request))
+    await aio(bi.send().finish())
+    assert await aio(bi.recv().read_to_end(LIMIT)) == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_076_peer_gossips_and_the_host_passes_its_version_floor(mesh_host: Node, iroh_ep: Any) -> None:
+    """A peer shaped like a 0.76 node (version 0.76.0-rc6, the skippy-stage subprotocol every 0.76 node
+    sends, its own entry last) is admitted, and the host's own entry carries a version 0.76 accepts."""
+    client = IrohClient(iroh_ep)
+    await aio(client.connect(mesh_host.token or ""))
+    me = build_self_announcement(addr=EndpointAddr(client.id), version="0.76.0-rc6", hostname="rust-node")
+    me.subprotocols.add(name="skippy-stage", major=2, features=["stage-control", "status-list"])
+    reply = await aio(client.gossip(build_gossip_frame(client.id, me)))
+    frame = node_pb2.GossipFrame.FromString(reply[4:])
+    host_entry = frame.peers[-1]
+    assert host_entry.endpoint_id == mesh_host.identity.public_bytes
+    assert host_entry.version.startswith("0.76.0+meshd.") and passes_version_floor(host_entry.version)
+    assert not host_entry.subprotocols  # meshd speaks no skippy-stage: it advertises none
+    assert mesh_host.mesh.is_admitted(client.id)
+
+
+@pytest_twisted.ensureDeferred
+async def test_gossip_without_the_senders_own_entry_or_below_the_floor(mesh_host: Node, iroh_ep: Any) -> None:
+    client = IrohClient(iroh_ep)
+    await aio(client.connect(mesh_host.token or ""))
+    someone_else = Identity.generate().public_bytes
+    hearsay = build_self_announcement(addr=EndpointAddr(someone_else), version="0.76.0")
+    try:
+        reply = await aio(client.gossip(build_gossip_frame(client.id, hearsay)))
+    except Exception:
+        reply = b""  # reset: no reply either way
+    assert reply == b"" and someone_else not in mesh_host.mesh.peers and client.id not in mesh_host.mesh.peers
+    old = build_self_announcement(addr=EndpointAddr(client.id), version="0.59.9")
+    reply = await aio(client.gossip(build_gossip_frame(client.id, old)))
+    assert reply  # 0.76 answers a peer below its floor, then never admits it
+    assert not mesh_host.mesh.is_admitted(client.id)
 
 
 @pytest_twisted.ensureDeferred

@@ -117,15 +117,6 @@ def test_sdk_reads_a_signed_bootstrap_token_made_by_meshd(mesh_sdk: MeshSdk, mes
     assert "models" in out or out["modelsError"] == "endpoint error: malformed HTTP response", out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "meshd drops 0x04 from peers that have not gossiped (the 0.65 pre-admission rule), and the SDK "
-        "client never gossips: today listModels() rejects with 'endpoint error: malformed HTTP response' "
-        "and chat() resolves to {content: '', events: [{type: 'failed', error: 'malformed HTTP "
-        "response'}]}; it passes once node.py uses allowed_before_admission(type, TrustPolicy.OFF)"
-    ),
-)
 def test_sdk_client_lists_models_and_chats_through_a_meshd_host(mesh_sdk: MeshSdk, meshd_host: str) -> None:
     run = mesh_sdk.run(CLIENT_SCRIPT, env={"TOKEN": meshd_host}, timeout=90)
     out = run.output

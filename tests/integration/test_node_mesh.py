@@ -15,7 +15,6 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from meshd.config import Config, Role
-from meshd.control import FrameReader
 from meshd.host import BackendWatch
 from meshd.httpwire import ResponseParser, render_request
 from meshd.identity import Identity
@@ -24,6 +23,7 @@ from meshd.protocol.framing import encode_stream_type
 from meshd.protocol.streams import StreamType
 from meshd.protocol.token import decode_token
 from meshd.quic import QuicEndpoint
+from meshd.quic.testing import RecordingReceiver
 from meshd.tunnel import Backend
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -160,7 +160,8 @@ async def test_client_joins_host_and_tunnels_a_request(tmp_path: Path, started: 
 
 
 @pytest_twisted.ensureDeferred
-async def test_unadmitted_peer_gets_tunnel_dropped(tmp_path: Path, started: list[Any]) -> None:
+async def test_unadmitted_peer_may_tunnel_but_nothing_else(tmp_path: Path, started: list[Any]) -> None:
+    """0.76's default trust policy: 0x04 before admission is served; PEER_DOWN/PEER_LEAVING are not."""
     host, watch = await start_host(tmp_path / "h", started)
     stranger = QuicEndpoint(reactor, Identity.generate().private_key)
     stranger.listen(0, "127.0.0.1")
@@ -168,12 +169,20 @@ async def test_unadmitted_peer_gets_tunnel_dropped(tmp_path: Path, started: list
     addr = decode_token(host.token or "")
     conn = await stranger.dial(addr.id, list(addr.dialable_ip_addrs()))
     stream = conn.open_stream()
-    reader = FrameReader(stream)
-    stream.set_receiver(reader)
+    collected = RecordingReceiver()
+    stream.set_receiver(collected)
     stream.write(encode_stream_type(StreamType.TUNNEL_HTTP) + render_request(b"GET", b"/v1/models", [], b""))
-    with pytest.raises(Exception):  # noqa: B017 - EOF without a frame: the stream was dropped
-        await reader.result
-    assert watch.backend.stats.requests == 0
+    stream.loseWriteConnection()
+    assert (await collected.done).startswith(b"HTTP/1.1 200 ")
+    assert sum(watch.backend.stats.served.values()) == 1
+    known = dict(host.mesh.peers)
+    leaving = conn.open_stream()
+    dropped = RecordingReceiver()
+    leaving.set_receiver(dropped)
+    leaving.write(encode_stream_type(StreamType.PEER_LEAVING))
+    leaving.loseWriteConnection()
+    assert await dropped.done == b""  # dropped: the host finished its side without reading or answering
+    assert host.mesh.peers == known  # an unadmitted peer cannot make the host drop anyone
     assert conn.is_connected  # the connection itself stays open
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import attrs
+
 from meshd.mesh.state import (
     DEAD_TTL_SECS,
     PRUNE_SECS,
@@ -26,10 +28,11 @@ def info(
     models: tuple[str, ...] = ("m",),
     mesh_id: str | None = None,
     demand: tuple[DemandEntry, ...] = (),
+    version: str = "0.65.0",
 ) -> PeerInfo:
     ann = build_self_announcement(
         addr=EndpointAddr(pid(n)),
-        version="0.65.0",
+        version=version,
         role=role,
         http_port=9337 if role is Role.HOST else None,
         hosted_models=models if role is Role.HOST else (),
@@ -217,3 +220,51 @@ def test_fnv1a64_known_values_and_sticky_rotation() -> None:
     assert sticky_order(hosts, "alice") == sticky_order(hosts, "alice")
     firsts = {sticky_order(hosts, f"user-{i}")[0] for i in range(30)}
     assert firsts == set(hosts)  # different users spread over the hosts
+
+
+def test_version_floor_refuses_old_direct_peers_and_drops_old_hearsay() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    out = st.ingest_gossip(pid(1), [info(2, version="0.59.9"), info(1, version="0.59.0")], now=1)
+    assert out.refused is not None and "0.59.0" in out.refused
+    assert pid(1) not in st.peers and pid(2) not in st.peers  # neither admitted nor kept as hearsay
+    out = st.ingest_gossip(pid(1), [info(2, version="0.76.0-rc6"), info(1, version="0.76.0+meshd.0.1.0")], now=2)
+    assert out.refused is None and st.is_admitted(pid(1)) and pid(2) in st.peers
+
+
+def test_a_frame_of_fake_peers_is_bounded_and_never_routed_to() -> None:
+    from meshd.mesh.state import MAX_ENTRIES_PER_FRAME, MAX_UNADMITTED_PEERS
+
+    st = MeshState(ME, Role.CLIENT)
+    template = info(5, models=("tiny",))
+    fakes = [attrs.evolve(template, endpoint_id=i.to_bytes(32, "big")) for i in range(1000, 4000)]
+    st.ingest_gossip(pid(1), [*fakes, info(1, models=("tiny",))], now=1)
+    assert st.unadmitted_count() <= min(MAX_ENTRIES_PER_FRAME, MAX_UNADMITTED_PEERS)
+    assert st.hosts_for_model("tiny") == [pid(1)]  # hearsay hosts are not routed to
+    st.ingest_gossip(pid(2), [*fakes[500:], info(2, models=("tiny",))], now=2)
+    assert st.unadmitted_count() <= MAX_UNADMITTED_PEERS and st.is_admitted(pid(2))
+
+
+def test_dial_backoff_doubles_and_resets() -> None:
+    from meshd.mesh.state import DIAL_BACKOFF_MAX_SECS, DialBook
+
+    book = DialBook(max_entries=3)
+    assert book.may_dial(pid(1), 0)
+    assert book.failed(pid(1), 0) == 5.0
+    assert not book.may_dial(pid(1), 4.9) and book.may_dial(pid(1), 5.0)
+    assert book.failed(pid(1), 5) == 15.0  # 10 s after the second failure
+    for _ in range(20):
+        last = book.failed(pid(1), 100)
+    assert last == 100 + DIAL_BACKOFF_MAX_SECS
+    book.succeeded(pid(1))
+    assert book.may_dial(pid(1), 100)
+    for n in range(2, 10):
+        book.failed(pid(n), 0)
+    assert len(book) == 3  # bounded
+
+
+def test_route_order_prefers_live_connections_and_avoids_the_silent() -> None:
+    from meshd.mesh.state import route_order
+
+    hosts = [pid(1), pid(2), pid(3), pid(4)]
+    assert route_order(hosts, connected={pid(3)}, suspect={pid(1)}) == [pid(3), pid(2), pid(4)]
+    assert route_order([pid(1)], connected=set(), suspect={pid(1)}) == [pid(1)]  # the only one: still tried
