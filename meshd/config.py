@@ -71,6 +71,10 @@ class Config:
     console_token: str | None = attrs.field(default=None, repr=False)
     #: iroh relays (meshd.relay); empty = no relay path. The CLI defaults to mesh-llm's (MESH_PROTOCOL.md §4.4).
     relay_urls: tuple[str, ...] = ()
+    #: ``--relay-auth URL=TOKEN``: (canonical relay URL, bearer token) pairs.
+    relay_auth: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    #: ``--relay-token T`` (``--relay-server``): tokens the relay requires; empty = open.
+    relay_tokens: tuple[str, ...] = attrs.field(default=(), repr=False)
     #: ``--relay-server``: run only a relay server on ``relay_port``.
     relay_server: bool = False
     relay_port: int = 3340

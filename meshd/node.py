@@ -57,6 +57,7 @@ from meshd.protocol.validate import (
 )
 from meshd.protocol.version import ANNOUNCED_VERSION
 from meshd.quic import MeshConnection, QuicEndpoint, QuicStream
+from meshd.relay.client import RelayClientConfig
 from meshd.relay.node_relay import NodeRelay
 
 #: Connect plus gossip (mesh-llm 0.76: 30 s).
@@ -172,7 +173,9 @@ class Node(Service):
         # --- relay path (meshd.relay): None when relays are disabled ---
         self.relay: NodeRelay | None = None
         if config.relay_urls:
-            self.relay = NodeRelay(reactor, identity.private_key, config.relay_urls)
+            self.relay = NodeRelay(
+                reactor, identity.private_key, config.relay_urls, config=RelayClientConfig(auth=dict(config.relay_auth))
+            )
             self.relay.on_home_changed = self._home_relay_changed
 
     def _initial_state(self) -> NodeState:
@@ -290,7 +293,7 @@ class Node(Service):
     def own_addr(self, port: int | None = None) -> EndpointAddr:
         if port is None:
             port = self.endpoint.getHost().port if self.endpoint else 0  # type: ignore[attr-defined]
-        home = self.relay.home_url if self.relay is not None else None
+        home = self.relay.advertised_url if self.relay is not None else None
         return EndpointAddr(
             self.identity.public_bytes,
             relay_urls=(home,) if home else (),

@@ -62,7 +62,7 @@ from meshd.protocol.errors import InvalidToken  # noqa: E402
 from meshd.protocol.token import decode_token  # noqa: E402
 from meshd.relay.client import canonical_relay_url  # noqa: E402
 from meshd.relay.home import DEFAULT_RELAYS  # noqa: E402
-from meshd.relay.server import RelayServerService  # noqa: E402
+from meshd.relay.server import RelayServerConfig, RelayServerService  # noqa: E402
 from meshd.tunnel import Backend  # noqa: E402
 from meshd.web.api import APIApp  # noqa: E402
 from meshd.web.console import ConsoleApp  # noqa: E402
@@ -152,6 +152,8 @@ class Options(usage.Options):
         self["api-key"] = []
         self["cors-origin"] = []
         self["relay"] = []
+        self["relay-auth"] = []
+        self["relay-token"] = []
 
     def opt_api_key(self, key: str) -> None:
         """Require this API key (Authorization: Bearer KEY) on the API port (repeatable)."""
@@ -178,6 +180,14 @@ class Options(usage.Options):
     def opt_relay(self, url: str) -> None:
         """iroh relay URL (repeatable; the home relay is the fastest /ping; default: mesh-llm's two)."""
         self["relay"].append(url)
+
+    def opt_relay_auth(self, value: str) -> None:
+        """URL=TOKEN: send Authorization: Bearer TOKEN to the --relay URL (repeatable)."""
+        self["relay-auth"].append(value)
+
+    def opt_relay_token(self, token: str) -> None:
+        """--relay-server: accept only clients presenting this bearer token (repeatable)."""
+        self["relay-token"].append(token)
 
     def opt_version(self) -> None:
         """Print meshd's version and exit."""
@@ -296,12 +306,32 @@ class Options(usage.Options):
                 canonical_relay_url(url)
             except ValueError as e:
                 raise usage.UsageError(f"--relay: {e}") from None
+        relay_auth: list[tuple[str, str]] = []
+        given = {canonical_relay_url(u) for u in self["relay"]}
+        for item in self["relay-auth"]:
+            url, sep, token = item.partition("=")  # split on the first '=', as mesh-llm does
+            if not sep or not token.strip() or any(c.isspace() for c in token):
+                raise usage.UsageError(f"--relay-auth needs URL=TOKEN, got {item.split('=', 1)[0]!r}=...")
+            try:
+                canonical = canonical_relay_url(url)
+            except ValueError as e:
+                raise usage.UsageError(f"--relay-auth: {e}") from None
+            if canonical not in given:
+                raise usage.UsageError(f"--relay-auth names {url!r}, which is not one of the --relay URLs")
+            relay_auth.append((canonical, token))
+        for token in self["relay-token"]:
+            if not token or any(c.isspace() for c in token):
+                raise usage.UsageError("--relay-token must be a non-empty token without spaces")
+        if self["relay-token"] and not self["relay-server"]:
+            raise usage.UsageError("--relay-token is for --relay-server")
         try:
             ipaddress.ip_address(self["relay-address"])
         except ValueError:
             raise usage.UsageError(f"--relay-address must be an IP address, got {self['relay-address']!r}") from None
         return Config(
             relay_urls=relay_urls,
+            relay_auth=tuple(relay_auth),
+            relay_tokens=tuple(self["relay-token"]),
             relay_server=bool(self["relay-server"]),
             relay_port=_port(self["relay-port"], "--relay-port"),
             relay_address=self["relay-address"],
@@ -442,7 +472,12 @@ class MeshdService(MultiService):
 def build_service(config: Config, reactor: Any) -> Any:
     """Wire every service for ``config`` on ``reactor``. Raises IdentityError on key problems."""
     if config.relay_server:  # --- relay server role: nothing else runs ---
-        return RelayServerService(reactor, config.relay_port, config.relay_address)
+        return RelayServerService(
+            reactor,
+            config.relay_port,
+            config.relay_address,
+            RelayServerConfig(tokens=frozenset(config.relay_tokens)),
+        )
     if config.role is Role.HOST:
         identity, _created = load_or_create_key(config.state_dir)
     else:

@@ -72,6 +72,8 @@ class RelayClientConfig:
     idle_timeout: float = 60.0
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
+    #: ``--relay-auth URL=TOKEN``: canonical relay URL -> bearer token sent with the websocket upgrade.
+    auth: dict[str, str] = attrs.field(factory=dict, repr=False)
 
 
 @attrs.define
@@ -234,7 +236,9 @@ class RelayLink(Service):
         self._pong_timer: IDelayedCall | None = None
         self._up_waiters: list[Deferred[RelayLink]] = []
         tcp, ws_url = relay_endpoint(reactor, self.url) if endpoint is None else (endpoint, "ws://relay/relay")
-        factory = _Factory(self, url=ws_url, protocols=list(f.SUBPROTOCOLS), reactor=reactor)
+        token = next((t for u, t in config.auth.items() if canonical_relay_url(u) == self.url), None)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        factory = _Factory(self, url=ws_url, protocols=list(f.SUBPROTOCOLS), reactor=reactor, headers=headers)
         factory.setProtocolOptions(
             maxMessagePayloadSize=f.MAX_FRAME_SIZE,
             maxFramePayloadSize=f.MAX_FRAME_SIZE,
@@ -377,9 +381,10 @@ class RelayLink(Service):
                 d.callback(self)
         elif isinstance(frame, f.ServerDeniesAuth):
             self.counters.denied += 1
+            log = _log.warn if self.counters.denied == 1 else _log.debug  # once, not at every retry
             self.state = DENIED
             self.last_error = f"denied: {frame.reason}"
-            _log.warn("relay {url} denied us: {reason}", url=self.url, reason=frame.reason)
+            log("relay {url} denied us: {reason}", url=self.url, reason=frame.reason)
             proto.sendClose(1000)
         else:
             self.counters.bad_frames += 1

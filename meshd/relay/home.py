@@ -13,10 +13,12 @@ from meshd.relay.client import canonical_relay_url
 
 __all__ = ["DEFAULT_RELAYS", "choose_home_relay", "ping_url", "probe_relay"]
 
-#: mesh-llm HEAD's relays (MESH_PROTOCOL.md §4.4).
+#: mesh-llm 0.76's default relays (MESH_PROTOCOL_076.md §8).
 DEFAULT_RELAYS = (
     "https://usw1-2.relay.michaelneale.mesh-llm.iroh.link./",
     "https://aps1-1.relay.michaelneale.mesh-llm.iroh.link./",
+    "https://euc1-1.relay.michaelneale.mesh-llm.iroh.link./",
+    "https://use1-1.relay.michaelneale.mesh-llm.iroh.link./",
 )
 
 _log = Logger()

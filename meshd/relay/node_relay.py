@@ -51,12 +51,36 @@ class NodeRelay:
     def home_url(self) -> str | None:
         return self.client.home_url
 
+    @property
+    def advertised_url(self) -> str | None:
+        """The home relay, once we are registered there: a token never names a relay we could not reach
+        (a peer given one waits on it before dialling us directly)."""
+        home = self.client.home_url
+        if home is None:
+            return None
+        link = self.client.links.get(home)
+        return home if link is not None and link.is_up else None
+
+    def _watch_home(self) -> None:
+        """Tell the node when the home relay comes up (the token may name it from then on)."""
+        home = self.client.home_url
+        if home is None:
+            return
+
+        def up(link: Any) -> None:
+            if link.url == self.client.home_url and self.on_home_changed is not None:
+                self.on_home_changed(link.url)
+
+        # It fails only when the link is stopped before coming up: nothing to advertise then.
+        self.client.link(home).when_up().addCallbacks(up, lambda _: None)
+
     def attach(self, endpoint: QuicEndpoint) -> None:
         self.paths.attach(endpoint, self.client)
 
     def start(self) -> None:
         self.client.set_home(self.urls[0])
         self.client.startService()
+        self._watch_home()
         if len(self.urls) > 1:
             self._probe = choose_home_relay(self.reactor, self.urls, self.probe_timeout).addCallback(self._chosen)
             self._probe.addErrback(lambda f: _log.failure("home relay probe failed", failure=f))
@@ -71,6 +95,7 @@ class NodeRelay:
             self.client.links[old].last_used = self.reactor.seconds()  # idles out like any peer relay
         if self.on_home_changed is not None:
             self.on_home_changed(url)
+        self._watch_home()
 
     def stop(self) -> Deferred[Any]:
         if self._probe is not None:

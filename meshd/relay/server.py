@@ -19,6 +19,7 @@ Anything malformed closes that one connection (websocket close 4002) and is coun
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import random
@@ -60,6 +61,9 @@ class RelayServerConfig:
     max_clients: int = 10_000
     #: EndpointIds remembered per client for EndpointGone.
     max_sent_to: int = 4096
+    #: Bearer tokens this relay accepts (``Authorization: Bearer T`` or ``?token=T`` on the upgrade, as
+    #: iroh-relay reads them); empty: anyone may register.
+    tokens: frozenset[str] = attrs.field(factory=frozenset, repr=False)
 
 
 @attrs.define
@@ -239,8 +243,11 @@ class _ServerProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     server: RelayServer
     client: _Client | None = None
     relay_version: str = f.PROTOCOL_V2
+    #: The bearer token the client presented on the upgrade, if any.
+    token: str | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str:
+        self.token = bearer_or_query_token(request.headers.get("authorization"), request.params.get("token"))
         offered = [p.strip() for p in request.protocols]
         for version in f.SUBPROTOCOLS:
             if version in offered:
@@ -263,6 +270,17 @@ class _ServerProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         client, self.client = self.client, None
         if client is not None:
             self.server._closed(client)
+
+
+def bearer_or_query_token(authorization: str | None, query: list[str] | None) -> str | None:
+    """iroh-relay's rule: the ``Authorization: Bearer`` token (scheme case-insensitive), else ``?token=``."""
+    if authorization:
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    if query:
+        return query[0] or None
+    return None
 
 
 class _Factory(WebSocketServerFactory):  # type: ignore[misc]
@@ -390,9 +408,14 @@ class RelayServer:
 
     def _authenticate(self, client: _Client, auth: f.ClientAuth) -> None:
         client.cancel("handshake")
+        denial = None
         if not f.verify_client_auth(auth, client.challenge):
+            denial = "signature invalid"
+        elif self.config.tokens and not _token_accepted(client.proto.token, self.config.tokens):
+            denial = "this relay needs an access token (Authorization: Bearer)"
+        if denial is not None:
             self.metrics.handshakes_denied += 1
-            client.send(f.ServerDeniesAuth("signature invalid"))
+            client.send(f.ServerDeniesAuth(denial))
             client.proto.sendClose(1000, "denied")
             return
         self.metrics.handshakes_ok += 1
@@ -452,6 +475,15 @@ class RelayServer:
         if not waiting:
             self._inactive.pop(key, None)
         self.metrics.clients_connected = len(self._active)
+
+
+def _token_accepted(given: str | None, accepted: frozenset[str]) -> bool:
+    """Constant time over every accepted token."""
+    found = False
+    for token in accepted:
+        if hmac.compare_digest((given or "").encode(), token.encode()) and given is not None:
+            found = True
+    return found
 
 
 class RelayServerService(Service):

@@ -177,3 +177,26 @@ async def test_relay_lost_before_the_first_byte_gives_a_clean_503_then_service_r
     hold.callback(None)
     await restart_relay_and_check_service(url, relay_port, host, client, sdk, cleanup)
     await aio(sdk.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_names_the_home_relay_only_once_registered_there(
+    tmp_path: Path,
+    cleanup: list[Any],  # noqa: F811
+) -> None:
+    """A peer given a token waits on its relay before dialling directly: a node never advertises a relay
+    it could not reach (mesh-llm's SDK waited 30 s on an unreachable one)."""
+    unreachable = relay_node(tmp_path / "u", Role.CLIENT, "http://127.0.0.1:9/")
+    unreachable.startService()
+    cleanup.append(unreachable)
+    assert decode_token(unreachable.token or "").relay_urls == ()
+    assert decode_token(unreachable.token or "").ip_addrs  # still dialable directly
+
+    relay = start_relay(reactor)
+    cleanup.append(relay)
+    url = relay_url(relay)
+    reachable = relay_node(tmp_path / "r", Role.CLIENT, url)
+    reachable.startService()
+    cleanup.append(reachable)
+    await wait_for(lambda: decode_token(reachable.token or "").relay_urls == (canonical_relay_url(url),))
+    assert unreachable.relay is not None and unreachable.relay.advertised_url is None

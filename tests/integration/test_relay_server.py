@@ -365,3 +365,38 @@ def test_http_routes(relay):  # type: ignore[no-untyped-def]
     r = yield treq.get(f"{base}/status")
     body = json.loads((yield r.content()))
     assert body["clients"] == 0 and "datagrams_forwarded" in body["metrics"]
+
+
+@pytest.mark.timeout(30)
+@pytest_twisted.inlineCallbacks
+def test_a_relay_requiring_a_token_admits_only_bearers():  # type: ignore[no-untyped-def]
+    """``--relay-token`` on our relay server, ``--relay-auth URL=TOKEN`` on a node (iroh-relay's Bearer)."""
+    from twisted.internet import reactor
+
+    service = start_relay(reactor, RelayServerConfig(tokens=frozenset({"s3cret"})))
+    url = relay_url(service)
+    try:
+        with_token = RelayLink(
+            reactor, url, ed25519.Ed25519PrivateKey.generate(), lambda *a: None,
+            config=RelayClientConfig(auth={url: "s3cret"}),
+        )  # fmt: skip
+        wrong = RelayLink(
+            reactor, url, ed25519.Ed25519PrivateKey.generate(), lambda *a: None,
+            config=RelayClientConfig(auth={url: "guess"}),
+        )  # fmt: skip
+        none = RelayLink(reactor, url, ed25519.Ed25519PrivateKey.generate(), lambda *a: None)
+        for link in (with_token, wrong, none):
+            link.startService()
+        yield with_token.when_up()
+        for _ in range(200):  # the two refused links learn it from ServerDeniesAuth
+            if wrong.counters.denied and none.counters.denied:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        assert not wrong.is_up and not none.is_up
+        assert "access token" in (wrong.last_error or "") and "access token" in (none.last_error or "")
+        metrics = service.server.status()["metrics"]
+        assert metrics["handshakes_ok"] == 1 and metrics["handshakes_denied"] >= 2
+        for link in (with_token, wrong, none):
+            yield defer.maybeDeferred(link.stopService)
+    finally:
+        yield defer.maybeDeferred(service.stopService)

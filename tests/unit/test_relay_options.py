@@ -20,7 +20,7 @@ def parse(*args: str) -> Options:
 
 def test_relay_defaults_and_overrides() -> None:
     assert parse().config.relay_urls == DEFAULT_RELAYS
-    assert len(DEFAULT_RELAYS) == 2 and all(u.endswith("iroh.link./") for u in DEFAULT_RELAYS)
+    assert len(DEFAULT_RELAYS) == 4 and all(u.endswith("iroh.link./") for u in DEFAULT_RELAYS)  # 0.76 §8
     cfg = parse("--relay", "http://127.0.0.1:3340", "--relay", "https://r.example./").config
     assert cfg.relay_urls == ("http://127.0.0.1:3340", "https://r.example./")
     assert parse("--no-relay").config.relay_urls == ()
@@ -28,12 +28,29 @@ def test_relay_defaults_and_overrides() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [("--relay", "ftp://x/"), ("--relay", "http://"), ("--no-relay", "--relay", "http://a/"), ("--relay-port", "x")],
+    [
+        ("--relay", "ftp://x/"),
+        ("--relay", "http://"),
+        ("--no-relay", "--relay", "http://a/"),
+        ("--relay-port", "x"),
+        ("--relay", "http://a/", "--relay-auth", "http://b/=t"),  # not one of the --relay URLs
+        ("--relay", "http://a/", "--relay-auth", "http://a/"),  # no token
+        ("--relay", "http://a/", "--relay-auth", "http://a/=two words"),
+        ("--relay-token", "t"),  # for --relay-server only
+    ],
 )
 def test_bad_relay_options_are_usage_errors(args: tuple[str, ...]) -> None:
     with pytest.raises(SystemExit) as e:
         parse(*args)
     assert e.value.code == 2
+
+
+def test_relay_auth_pairs_and_server_tokens() -> None:
+    cfg = parse("--relay", "http://A:3340", "--relay-auth", "http://a:3340/=tok=with=equals").config
+    assert cfg.relay_auth == (("http://a:3340/", "tok=with=equals"),)  # split on the first '=' only
+    assert "tok=with" not in repr(cfg)
+    server = parse("--relay-server", "--relay-token", "s1", "--relay-token", "s2").config
+    assert server.relay_tokens == ("s1", "s2")
 
 
 def test_relay_server_mode_builds_only_the_relay() -> None:
