@@ -8,6 +8,7 @@ It is the daemon's own discovery (:mod:`meshd.discovery`): one :class:`~meshd.di
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -41,7 +42,8 @@ class Options(CommandOptions):
         "The filters are those of the console's GET /api/discover (model: a case-insensitive part of a served, "
         "wanted or on-disk model name; min-vram: the mesh's total VRAM in GB; region: the listing's region). "
         "The score is --auto's (mesh-llm's smart_auto), with the sticky last mesh read from --state-dir; '*' marks "
-        "the mesh `meshd --client --auto` would join. Exit code 1 when no Nostr relay could be reached."
+        "the mesh `meshd --client --auto [--mesh-name NAME]` would join. Exit code 1 when no Nostr relay could be "
+        "reached."
     )
     optFlags = [
         ["json", None, "Print the console's /api/discover JSON (a list; each mesh with its score)."],
@@ -51,6 +53,7 @@ class Options(CommandOptions):
         ["model", "m", None, "Only meshes with this model (part of a name, any case)."],
         ["min-vram", None, None, "Only meshes with at least this much VRAM in total, in GB."],
         ["region", "r", None, "Only meshes listed in this region (any case)."],
+        ["mesh-name", None, None, "Mark the mesh `meshd --client --auto --mesh-name NAME` would join."],
         ["wait", None, "5", "Seconds to wait for the relays' answers at most."],
         ["state-dir", None, "~/.meshd", "meshd's state folder (its last-mesh file gives the sticky score)."],
     ]
@@ -82,6 +85,8 @@ class Options(CommandOptions):
             raise usage.UsageError(f"--wait must be a number of seconds, got {self['wait']!r}") from None
         if not 0 < self.wait <= 120:
             raise usage.UsageError("--wait must be between 0 and 120 seconds")
+        if self["mesh-name"] is not None and not self["mesh-name"].strip():
+            raise usage.UsageError("--mesh-name must not be empty")
         self.state_dir = Path(self["state-dir"]).expanduser()
 
 
@@ -107,6 +112,7 @@ def format_meshes(
     auto_token: str | None,
     relays: Sequence[Mapping[str, Any]],
     now: float,
+    mesh_name: str | None = None,
 ) -> str:
     """Human output: one block per mesh (best score first), then the relays that failed.
 
@@ -163,8 +169,9 @@ def format_meshes(
         lines.append(f"    by {clean(item.get('publisher_npub', '?'), 80)}, {published}")
         lines.append(f"    join      meshd --client --join {clean(token, 4096) if token else '?'}")
     if marked:
+        auto = "--auto" if mesh_name is None else f"--auto --mesh-name {shlex.quote(clean(mesh_name, 80))}"
         lines.append("")
-        lines.append("* the mesh `meshd --client --auto` would join")
+        lines.append(f"* the mesh `meshd --client {auto}` would join")
     failed = [as_dict(r) for r in relays if as_dict(r).get("state") != "up"]
     if failed:
         lines.append("")
@@ -194,7 +201,7 @@ async def discover_meshes(reactor: Any, options: Options) -> tuple[list[dict[str
         await stopped
     last = read_last_mesh_id(options.state_dir)
     listed = discover_api(meshes, query_args(options), last)
-    auto = smart_auto(meshes, None, last).join
+    auto = smart_auto(meshes, options["mesh-name"], last).join
     return listed, (auto[0][0] if auto else None), status
 
 
@@ -232,7 +239,10 @@ def run(options: Options) -> int:
         if options["json"]:
             sys.stdout.write(json.dumps(listed, indent=2) + "\n")
         else:
-            sys.stdout.write(format_meshes(listed, auto_token=auto_token, relays=relays, now=time.time()))
+            text = format_meshes(
+                listed, auto_token=auto_token, relays=relays, now=time.time(), mesh_name=options["mesh-name"]
+            )
+            sys.stdout.write(text)
 
     try:
         task.react(main)
