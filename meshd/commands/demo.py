@@ -21,6 +21,7 @@ import collections
 import contextlib
 import fcntl
 import functools
+import http.client
 import json
 import os
 import shlex
@@ -330,7 +331,7 @@ def _get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
             status = int(response.status)
     except urllib.error.HTTPError as e:
         return e.code, None
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):
         return 0, None
     try:
         return status, json.loads(body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import sys
 import urllib.error
@@ -104,6 +105,8 @@ def fetch_status(base_url: str, timeout: float) -> dict[str, Any]:
         raise StatusError(f"{where} did not answer within {timeout:g} s") from None
     except OSError as e:
         raise StatusError(f"cannot read {url}: {e}") from None
+    except http.client.HTTPException as e:
+        raise StatusError(f"{where} did not answer HTTP ({type(e).__name__}): is it a meshd console port?") from None
     if len(body) > MAX_STATUS_BYTES:
         raise StatusError(f"{url} sent more than {MAX_STATUS_BYTES // (1024 * 1024)} MiB: not a meshd status")
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -262,3 +263,23 @@ def test_status_of_something_that_is_not_meshd(web: _Server, answer: tuple[int, 
     with pytest.raises(StatusError) as e:
         fetch_status(f"http://127.0.0.1:{port}", timeout=0.5)
     assert message.format(port=port) in str(e.value)
+
+
+def test_status_of_a_port_that_does_not_speak_http() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        with pytest.raises(StatusError) as e:
+            fetch_status(f"http://127.0.0.1:{port}", timeout=5)
+        thread.join(10)
+    assert str(e.value) == f"127.0.0.1:{port} did not answer HTTP (BadStatusLine): is it a meshd console port?"

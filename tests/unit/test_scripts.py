@@ -71,13 +71,16 @@ def test_bootstrap_installs_once_until_pyproject_changes(checkout: Checkout) -> 
 
     tests = checkout.run("bootstrap", "test")  # the test extra is more than the run extra
     assert pip_installs(tests.new_calls) == ["python -m pip install --no-input -e .[test]"]
+    assert "installing what meshd[test] adds (test)" in tests.stderr
     assert checkout.run("bootstrap", "run").new_calls == []  # ...and holds all of it
     assert checkout.run("bootstrap").new_calls == []  # test is the default
 
     (checkout.root / "pyproject.toml").write_text('[project]\nname = "meshd"\nversion = "2"\n')
     changed = checkout.run("bootstrap", "run")
     assert pip_installs(changed.new_calls) == ["python -m pip install --no-input -e .[demo]"]
-    assert "pyproject.toml changed" in changed.stderr
+    assert (
+        "pyproject.toml (or this script, or the venv's Python) changed: installing meshd[demo] again" in changed.stderr
+    )
 
 
 def test_bootstrap_failure_leaves_no_stamp(checkout: Checkout) -> None:
