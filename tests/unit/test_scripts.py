@@ -32,6 +32,8 @@ class Checkout:
         for tool in ("python", "meshd"):
             (venv_bin / tool).write_text(FAKE_TOOL.format(log=self.log))
             (venv_bin / tool).chmod(0o755)
+        (self.root / "scripts" / "install-llama-server").write_text(FAKE_TOOL.format(log=self.log))
+        (self.root / "scripts" / "install-llama-server").chmod(0o755)
 
     def run(self, *args: str, fail_on: str = "") -> subprocess.CompletedProcess[str]:
         before = len(self.calls())
@@ -100,6 +102,7 @@ def test_run_without_arguments_is_the_demo(checkout: Checkout) -> None:
     first = checkout.run("run")
     assert first.returncode == 0, first.stderr
     assert first.new_calls[-1] == "meshd demo"
+    assert not any(c.startswith("install-llama-server") for c in first.new_calls)  # llama-server was found
     flags = checkout.run("run", "--client", "--auto")
     assert flags.new_calls == ["meshd --client --auto"]  # set up already: meshd at once
     assert checkout.run("run", "status", "--json").new_calls == ["meshd status --json"]
@@ -116,3 +119,12 @@ def test_install_llama_server_reads_the_pins_from_meshd(tmp_path: Path) -> None:
     assert (
         proc.stderr.strip() == f"install-llama-server: no venv at {tmp_path / 'no-venv'} (run scripts/bootstrap first)"
     )
+
+
+def test_run_builds_llama_server_for_the_demo_when_there_is_none(checkout: Checkout) -> None:
+    proc = checkout.run("run", fail_on="find_llama_server")  # the stand-in python finds no llama-server
+    assert proc.returncode == 0, proc.stderr
+    assert proc.new_calls[-2:] == [f"install-llama-server {checkout.root / '.venv'}", "meshd demo"]
+    assert "meshd demo needs llama.cpp's llama-server" in proc.stderr and "scripts/run demo --serve URL" in proc.stderr
+    flags = checkout.run("run", "demo", "--serve", "http://127.0.0.1:8080", fail_on="find_llama_server")
+    assert flags.new_calls == ["meshd demo --serve http://127.0.0.1:8080"]  # with arguments: no build
