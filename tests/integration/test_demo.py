@@ -6,6 +6,7 @@ processes are skipped (tests/unit/test_cli.py checks the demo's command lines me
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -88,9 +89,9 @@ def still_running(processes: dict[int, int]) -> list[int]:
     return [pid for pid, start in processes.items() if (stat := _stat(pid)) is not None and stat[1] == start]
 
 
-def processes_mentioning(text: str) -> list[list[str]]:
-    """Command lines of live processes anywhere that contain ``text`` (every demo child names its state dir)."""
-    found = []
+def processes_mentioning(text: str) -> dict[int, list[str]]:
+    """Live processes anywhere whose command line contains ``text`` (every demo child names its state dir)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and _stat(int(entry.name)) is not None:
             try:
@@ -98,7 +99,7 @@ def processes_mentioning(text: str) -> list[list[str]]:
             except OSError:
                 continue
             if any(text in arg for arg in argv) and int(entry.name) != os.getpid():
-                found.append(argv)
+                found[int(entry.name)] = argv
     return found
 
 
@@ -182,14 +183,14 @@ class DemoRun:
 
 
 @pytest.fixture
-def runs() -> Iterator[list[DemoRun]]:
+def runs(tmp_path: Path) -> Iterator[list[DemoRun]]:
     started: list[DemoRun] = []
     yield started
     for run in started:
-        # a failing test must not leave the demo's children behind either
-        left = descendants(run.proc.pid)
         run.kill()
-        for pid in still_running(left):
+    # A failing test must not leave the demo's children behind either (orphans are no one's descendants).
+    for pid in processes_mentioning(str(tmp_path)):
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -248,7 +249,7 @@ def test_demo_serves_through_the_mesh_and_stops_everything_on_sigint(
 
     assert run.stop(signal.SIGINT) == -signal.SIGINT
     assert still_running(children) == []
-    assert processes_mentioning(str(tmp_path)) == []
+    assert processes_mentioning(str(tmp_path)) == {}
     assert run.lines[-1] == "meshd demo: stopped"
 
 
@@ -268,7 +269,7 @@ def test_demo_with_your_own_server_leaves_it_running_after_sigterm(
 
     assert run.stop(signal.SIGTERM) == -signal.SIGTERM
     assert still_running(children) == []
-    assert processes_mentioning(str(tmp_path)) == []
+    assert processes_mentioning(str(tmp_path)) == {}
     assert llama_backend.proc.poll() is None  # the user's server is theirs: the demo does not stop it
 
 
@@ -291,7 +292,7 @@ def test_demo_with_a_taken_port_names_the_flag_and_leaves_nothing_behind(
     assert "choose another with --port N (0 = any free port)" in err
     logs = tmp_path / "state" / "demo"
     assert {"llama-server.log", "host.log", "client.log"} <= {p.name for p in logs.iterdir()}  # all three ran
-    assert processes_mentioning(str(tmp_path)) == []
+    assert processes_mentioning(str(tmp_path)) == {}
 
 
 def test_demo_without_llama_server_says_how_to_get_it(tmp_path: Path) -> None:
