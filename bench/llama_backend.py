@@ -15,8 +15,9 @@ from pathlib import Path
 
 import openai
 
-from tests.integration.backend import find_llama_server, start_llama_server
-from tests.integration.tiny_gguf import write_tiny_llama
+from meshd.llamacpp import find_llama_server
+from meshd.tiny_gguf import write_tiny_llama
+from tests.integration.backend import start_llama_server
 
 
 def one_stream(client: openai.OpenAI, model: str, max_tokens: int) -> tuple[float, int, float]:

