@@ -18,7 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -110,6 +110,7 @@ def start_llama_server(
     parallel: int = 4,
     timeout: float = 30.0,
     attempts: int = 3,
+    extra_args: Sequence[str] = (),
 ) -> LlamaBackend:
     """Start llama-server on a free 127.0.0.1 port and wait until ``GET /health`` answers 200.
 
@@ -133,6 +134,7 @@ def start_llama_server(
             alias,
             "-np",
             str(parallel),
+            *extra_args,
         ]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
