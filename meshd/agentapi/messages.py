@@ -38,7 +38,7 @@ from meshd.agentapi.tokens import (
     tokenize_request,
     tokenizer_count,
 )
-from meshd.agentapi.translate import MAX_ERROR_BODY, Head, Output, Translator, UpstreamProblem, notes_header
+from meshd.agentapi.translate import MAX_ERROR_BODY, Abort, Head, Output, Translator, UpstreamProblem, notes_header
 
 IdSource = Callable[[str], str]
 
@@ -509,13 +509,15 @@ class MessagesTranslator(Translator):
             if not delta.arguments:
                 return b""
             if block is not self._current:
-                raise _Interleaved()
+                raise Abort(Failed("the host interleaved the arguments of several tool calls", "upstream_bad_event"))
             block.parts.append(delta.arguments)
             return self._event(
                 "content_block_delta",
                 index=block.index,
                 delta={"type": "input_json_delta", "partial_json": delta.arguments},
             )
+        if delta.index not in self._pending and len(self._tools) + len(self._pending) >= MAX_TOOL_CALLS:
+            raise Abort(Failed(f"the host sent more than {MAX_TOOL_CALLS} tool calls", "too_many_tool_calls"))
         pending = self._pending.setdefault(delta.index, {"call_id": None, "name": "", "args": []})
         pending["call_id"] = pending["call_id"] or delta.call_id
         pending["name"] = pending["name"] or (delta.name or "")
@@ -527,8 +529,6 @@ class MessagesTranslator(Translator):
 
     def _open_tool(self, index: int) -> bytes:
         pending = self._pending.pop(index)
-        if len(self._tools) >= MAX_TOOL_CALLS:
-            raise _TooManyTools()
         out = self._close_current()
         block = _Block("tool_use", len(self._blocks))
         call_id = pending["call_id"]
@@ -549,16 +549,6 @@ class MessagesTranslator(Translator):
                 "content_block_delta", index=block.index, delta={"type": "input_json_delta", "partial_json": args}
             )
         return out
-
-    def _handle(self, events: list[ChatEvent]) -> Output:
-        try:
-            return super()._handle(events)
-        except _Interleaved:
-            return self._failure(
-                Failed("the host interleaved the arguments of several tool calls", "upstream_bad_event")
-            )
-        except _TooManyTools:
-            return self._failure(Failed(f"the host sent more than {MAX_TOOL_CALLS} tool calls", "too_many_tool_calls"))
 
     def _stop(self) -> tuple[str, str | None]:
         finish = self._finish
@@ -642,14 +632,6 @@ def anthropic_error_json(problem: UpstreamProblem) -> dict[str, Any]:
     if problem.context_overflow:
         message = f"prompt is too long: {message}"
     return {"type": "error", "error": {"type": anthropic_type(problem.status), "message": message}}
-
-
-class _Interleaved(Exception):
-    pass
-
-
-class _TooManyTools(Exception):
-    pass
 
 
 class CountTokensTranslator(Translator):

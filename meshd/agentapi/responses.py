@@ -35,7 +35,7 @@ from meshd.agentapi.chat import (
 from meshd.agentapi.errors import InvalidRequest, Unsupported
 from meshd.agentapi.sse import encode_event
 from meshd.agentapi.store import StoredResponse
-from meshd.agentapi.translate import Translator, UpstreamProblem
+from meshd.agentapi.translate import Abort, Translator, UpstreamProblem
 
 IdSource = Callable[[str], str]
 
@@ -679,6 +679,9 @@ class ResponsesTranslator(Translator):
         )
 
     def _tool(self, delta: ToolCallDelta) -> bytes:
+        new = delta.index not in self._tools and delta.index not in self._pending
+        if new and len(self._tools) + len(self._pending) >= MAX_TOOL_CALLS:
+            raise Abort(Failed(f"the host sent more than {MAX_TOOL_CALLS} tool calls", "too_many_tool_calls"))
         out = self._close_message() + self._close_reasoning()
         item = self._tools.get(delta.index)
         if item is not None:
@@ -704,8 +707,6 @@ class ResponsesTranslator(Translator):
 
     def _open_tool(self, index: int) -> bytes:
         pending = self._pending.pop(index)
-        if len(self._tools) >= MAX_TOOL_CALLS:
-            raise _TooManyTools()
         custom = pending["name"] in self.request.custom_tools
         item = self._new_item("custom_tool_call" if custom else "function_call", "ctc" if custom else "fc")
         item.name = pending["name"]
@@ -836,12 +837,6 @@ class ResponsesTranslator(Translator):
             "error": {"message": problem.message, "type": problem.type_, "param": problem.param, "code": problem.code}
         }
 
-    def _handle(self, events: list[ChatEvent]) -> Any:
-        try:
-            return super()._handle(events)
-        except _TooManyTools:
-            return self._failure(Failed(f"the host sent more than {MAX_TOOL_CALLS} tool calls", "too_many_tool_calls"))
-
     def _remember(self, final: dict[str, Any]) -> None:
         if not self.request.store:
             return
@@ -873,10 +868,6 @@ class ResponsesTranslator(Translator):
         if calls:
             message["tool_calls"] = calls
         return [message]
-
-
-class _TooManyTools(Exception):
-    pass
 
 
 def _response_error_code(code: str) -> str:

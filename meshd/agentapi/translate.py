@@ -39,6 +39,14 @@ MAX_ERROR_BODY = 256 * 1024
 NOTES_HEADER = "x-meshd-notes"
 
 
+class Abort(Exception):
+    """Raised by a translator's event handler, before it emitted anything, to end with ``failed``."""
+
+    def __init__(self, failed: Failed) -> None:
+        super().__init__(failed.message)
+        self.failed = failed
+
+
 @attrs.frozen
 class Head:
     status: int
@@ -183,7 +191,11 @@ class Translator:
             if isinstance(event, End):
                 out = self._complete()
                 return Output(head=out.head, body=b"".join(parts) + out.body, done=True)
-            parts.append(self._on_event(event))
+            try:
+                parts.append(self._on_event(event))
+            except Abort as abort:
+                out = self._failure(abort.failed)
+                return Output(head=out.head, body=b"".join(parts) + out.body, done=True)
         return Output(body=b"".join(parts))
 
     def _complete(self) -> Output:

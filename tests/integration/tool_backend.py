@@ -11,7 +11,9 @@ constrains tool calls with a grammar built from the chat template. This variant 
 A request then gets a tool call with ``logit_bias`` (:func:`tool_bias`): a strong bias on ``<tool_call>``
 makes the model start one at once, the grammar forces the JSON of a declared tool (enum parameters keep it
 short), and a bias on ``</s>`` makes it stop after the first call (or, weaker, keep calling until
-``max_tokens``). Arguments arrive split over many chunks, as llama-server streams them.
+``max_tokens``). Arguments arrive split over many chunks, as llama-server streams them. Where the random
+model stops depends on the prompt: with the user message ``"weather and time?"`` (the one used here) it stops
+after one call; with ``"weather?"`` it keeps calling whatever the bias.
 
 ``python -m tests.integration.tool_backend OUTDIR`` records the fixtures of ``tests/unit/data/chat/``.
 """
