@@ -27,6 +27,7 @@ from meshd.agentapi.chat import DEFAULT_MAX_BODY
 from meshd.agentapi.errors import AgentApiError, MethodNotAllowed, NotFound
 from meshd.agentapi.fields import load_object
 from meshd.agentapi.store import StoredResponse, not_found_message
+from meshd.agentapi.tokens import CountTokensTranslator, flatten_chat, tokenize_request
 from meshd.agentapi.translate import PassThrough, Translator, notes_header, upstream_problem
 
 IdSource = Callable[[str], str]
@@ -48,7 +49,8 @@ class Api(enum.Enum):
 @attrs.frozen
 class Endpoint:
     api: Api
-    #: create | retrieve | delete | count_tokens | bad_method | unknown
+    #: create | retrieve | delete | count_tokens (``/v1/messages/count_tokens``, ``/v1/responses/input_tokens``)
+    #: | bad_method | unknown
     action: str
     path: str
     response_id: str | None = None
@@ -62,6 +64,8 @@ def match(method: str | bytes, path: str | bytes) -> Endpoint | None:
         p = p[:-1]
     if p == "/v1/responses":
         return Endpoint(Api.RESPONSES, "create" if m == "POST" else "bad_method", p)
+    if p == "/v1/responses/input_tokens":
+        return Endpoint(Api.RESPONSES, "count_tokens" if m == "POST" else "bad_method", p)
     if p.startswith("/v1/responses/"):
         rest = p[len("/v1/responses/") :]
         if "/" in rest or not rest:
@@ -140,6 +144,18 @@ class Prepared:
         """The chat-completions (or ``/tokenize``) request for a host, and how to translate its answer."""
         agent = self._agent
         req = self.request
+        if isinstance(req, responses.ResponsesRequest) and self.endpoint.action == "count_tokens":
+            chat = req.chat_request(history)
+            text, _ = flatten_chat(chat)
+            return Forward(
+                TOKENIZE_PATH,
+                _dumps(tokenize_request(req.model, text)),
+                req.model,
+                False,
+                lambda: CountTokensTranslator(
+                    chat, lambda n: {"object": "response.input_tokens", "input_tokens": n}, req.notes
+                ),
+            )
         if isinstance(req, responses.ResponsesRequest):
             chat = req.chat_request(history)
             response_id = agent.ids("resp")
@@ -156,7 +172,7 @@ class Prepared:
                 _dumps(req.tokenize_body()),
                 req.model,
                 False,
-                lambda: messages.CountTokensTranslator(req),
+                lambda: CountTokensTranslator(req.chat, lambda n: {"input_tokens": n}, req.notes),
             )
         message_id = agent.ids("msg")
 

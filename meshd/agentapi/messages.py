@@ -5,7 +5,7 @@ turns the host's answer into a Message object (JSON) or into Anthropic's event s
 ``ping``, then per content block ``content_block_start``, ``content_block_delta`` (``text_delta``,
 ``thinking_delta``, ``input_json_delta``), ``content_block_stop``, and finally ``message_delta`` (with
 ``stop_reason`` and usage) and ``message_stop``; a failure ends the stream with an ``error`` event.
-:class:`CountTokensTranslator` answers ``count_tokens`` from the host's tokenizer, else from an estimate.
+``count_tokens`` is answered by :class:`meshd.agentapi.tokens.CountTokensTranslator`.
 """
 
 from __future__ import annotations
@@ -31,14 +31,8 @@ from meshd.agentapi.chat import (
 )
 from meshd.agentapi.errors import InvalidRequest, anthropic_type
 from meshd.agentapi.sse import encode_event
-from meshd.agentapi.tokens import (
-    PER_MESSAGE_TOKENS,
-    estimate_tokens,
-    flatten_chat,
-    tokenize_request,
-    tokenizer_count,
-)
-from meshd.agentapi.translate import MAX_ERROR_BODY, Abort, Head, Output, Translator, UpstreamProblem, notes_header
+from meshd.agentapi.tokens import estimate_tokens, flatten_chat, tokenize_request
+from meshd.agentapi.translate import Abort, Translator, UpstreamProblem
 
 IdSource = Callable[[str], str]
 
@@ -632,44 +626,3 @@ def anthropic_error_json(problem: UpstreamProblem) -> dict[str, Any]:
     if problem.context_overflow:
         message = f"prompt is too long: {message}"
     return {"type": "error", "error": {"type": anthropic_type(problem.status), "message": message}}
-
-
-class CountTokensTranslator(Translator):
-    """The host's ``/tokenize`` answer → ``{"input_tokens": N}``; any other answer → the estimate."""
-
-    def __init__(self, request: MessagesRequest) -> None:
-        super().__init__(stream=False, notes=request.notes)
-        text, self._messages = flatten_chat(request.chat)
-        self._estimate = estimate_tokens(text, self._messages)
-        self._ok = False
-        self._parts: list[bytes] = []
-        self._size = 0
-
-    def start(self, status: int, headers: Sequence[tuple[bytes, bytes]] | Sequence[tuple[str, str]]) -> Output:
-        self._ok = 200 <= status <= 299
-        return Output()
-
-    def feed(self, data: bytes) -> Output:
-        if not self.done and self._size + len(data) <= 16 * MAX_ERROR_BODY:
-            self._parts.append(data)
-            self._size += len(data)
-        elif not self.done:
-            self._ok = False
-        return Output()
-
-    def finish(self) -> Output:
-        if self.done:
-            return Output()
-        counted = tokenizer_count(b"".join(self._parts)) if self._ok else None
-        if counted is None:
-            return self.answer(self._estimate, "estimate")
-        return self.answer(counted + PER_MESSAGE_TOKENS * self._messages, "tokenizer")
-
-    def fail(self, message: str, code: str = "upstream_stream_broken") -> Output:
-        return Output() if self.done else self.answer(self._estimate, "estimate")
-
-    def answer(self, count: int, source: str) -> Output:
-        self.done = True
-        body = json.dumps({"input_tokens": count, "meshd_token_count": source}).encode()
-        headers = (("content-type", "application/json"), ("x-meshd-token-count", source), *notes_header(self.notes))
-        return Output(head=Head(200, headers), body=body, done=True)

@@ -109,7 +109,7 @@ class SSEParser:
         if colon and value.startswith(" "):
             value = value[1:]
         if field == "data":
-            self._data_len += len(value) + 1
+            self._data_len += len(raw) + 1  # bytes of the line: at least the value's UTF-8 length
             if self._data_len > self.max_event:
                 self._broken = True
                 raise SSELimitError(f"an event's data is larger than {self.max_event} bytes")

@@ -1,4 +1,4 @@
-"""Token counts for ``POST /v1/messages/count_tokens``.
+"""Token counts for ``POST /v1/messages/count_tokens`` and ``POST /v1/responses/input_tokens``.
 
 The count comes from the host's tokenizer when its backend has one: the layer sends the conversation as
 text to ``POST /tokenize`` (llama-server takes ``content``; vLLM takes ``prompt`` and answers ``count``),
@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from meshd.agentapi.translate import MAX_ERROR_BODY, Head, Output, Translator, notes_header
 
 #: Tokens added per chat message for the template's role markers.
 PER_MESSAGE_TOKENS = 4
@@ -69,3 +72,51 @@ def tokenizer_count(body: bytes) -> int | None:
     if isinstance(tokens, list):
         return len(tokens)
     return None
+
+
+class CountTokensTranslator(Translator):
+    """The host's ``/tokenize`` answer → the caller's count object; any other answer → the estimate.
+
+    ``render(count)`` makes the API's object: ``{"input_tokens": N}`` for Anthropic,
+    ``{"object": "response.input_tokens", "input_tokens": N}`` for OpenAI.
+    """
+
+    def __init__(
+        self, chat: dict[str, Any], render: Callable[[int], dict[str, Any]], notes: Sequence[str] = ()
+    ) -> None:
+        super().__init__(stream=False, notes=notes)
+        text, self._messages = flatten_chat(chat)
+        self._estimate = estimate_tokens(text, self._messages)
+        self._render = render
+        self._ok = False
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def start(self, status: int, headers: Sequence[tuple[bytes, bytes]] | Sequence[tuple[str, str]]) -> Output:
+        self._ok = 200 <= status <= 299
+        return Output()
+
+    def feed(self, data: bytes) -> Output:
+        if not self.done and self._size + len(data) <= 16 * MAX_ERROR_BODY:
+            self._parts.append(data)
+            self._size += len(data)
+        elif not self.done:
+            self._ok = False
+        return Output()
+
+    def finish(self) -> Output:
+        if self.done:
+            return Output()
+        counted = tokenizer_count(b"".join(self._parts)) if self._ok else None
+        if counted is None:
+            return self.answer(self._estimate, "estimate")
+        return self.answer(counted + PER_MESSAGE_TOKENS * self._messages, "tokenizer")
+
+    def fail(self, message: str, code: str = "upstream_stream_broken") -> Output:
+        return Output() if self.done else self.answer(self._estimate, "estimate")
+
+    def answer(self, count: int, source: str) -> Output:
+        self.done = True
+        body = json.dumps({**self._render(count), "meshd_token_count": source}).encode()
+        headers = (("content-type", "application/json"), ("x-meshd-token-count", source), *notes_header(self.notes))
+        return Output(head=Head(200, headers), body=body, done=True)

@@ -52,6 +52,8 @@ def refused(api: str, body: Any, path: str | None = None) -> AgentApiError:
         ("GET", "/v1/responses/resp_1/input_items", "unknown", None),
         ("POST", "/v1/messages", "create", None),
         ("POST", "/v1/messages/count_tokens", "count_tokens", None),
+        ("POST", "/v1/responses/input_tokens", "count_tokens", None),
+        ("GET", "/v1/responses/input_tokens", "bad_method", None),
         ("POST", "/v1/messages/batches", "unknown", None),
     ],
 )

@@ -163,6 +163,23 @@ def test_count_tokens_estimated_when_the_host_has_no_tokenizer() -> None:
     assert 100 <= count.input_tokens <= 130  # 350 characters and the system prompt, at 3.5 bytes per token
 
 
+def test_responses_input_tokens_count() -> None:
+    gateway = Gateway(
+        [Upstream.load("llama_text_json"), Upstream.load("llama_tokenize"), Upstream(404, "text/plain", b"")]
+    )
+    client = gateway.openai()
+    first = client.responses.create(model="tiny", input="weather and time?")
+    counted = client.responses.input_tokens.count(model="tiny", previous_response_id=first.id, input="and now?")
+    assert counted.object == "response.input_tokens" and counted.model_extra == {"meshd_token_count": "tokenizer"}
+    path, body = gateway.forwarded[-1]
+    assert path == "/tokenize" and "weather and time?" in body["content"] and body["content"].endswith("and now?")
+    tokens = json.loads(Upstream.load("llama_tokenize").body)["tokens"]
+    assert counted.input_tokens == len(tokens) + 4 * 3  # three messages: question, answer, question
+    estimated = client.responses.input_tokens.count(model="tiny", input="x" * 35)
+    # "user\n" and 35 characters: 40 bytes at 3.5 per token, and 4 for the message
+    assert estimated.model_extra == {"meshd_token_count": "estimate"} and estimated.input_tokens == 12 + 4
+
+
 def test_anthropic_errors_are_anthropic_shaped() -> None:
     gateway = Gateway(Upstream.load("llama_text_json"))
     client = gateway.anthropic()
