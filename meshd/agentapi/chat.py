@@ -229,12 +229,16 @@ def completion_events(obj: Any) -> list[ChatEvent]:
 
 
 class UpstreamDecoder:
-    """Reads one upstream 2xx body, streamed (``text/event-stream``) or not, into :data:`ChatEvent` lists."""
+    """Reads one upstream 2xx body, streamed (``text/event-stream``) or not, into :data:`ChatEvent` lists.
+
+    ``streamed=None`` (a content type that says neither) decides on the first non-blank byte: ``{`` or ``[``
+    is a JSON answer, anything else an event stream.
+    """
 
     def __init__(
         self,
         *,
-        streamed: bool,
+        streamed: bool | None,
         max_body: int = DEFAULT_MAX_BODY,
         max_line: int = DEFAULT_MAX_LINE,
         max_event: int = DEFAULT_MAX_EVENT,
@@ -254,6 +258,16 @@ class UpstreamDecoder:
         self._size += len(data)
         if self._size > self.max_body:
             return self._fail(f"the host's answer is larger than {self.max_body} bytes", "upstream_too_large")
+        if self.streamed is None:
+            self._buffer.append(data)
+            head = b"".join(self._buffer).lstrip()
+            if not head:
+                return []
+            self.streamed = head[:1] not in (b"{", b"[")
+            if not self.streamed:
+                return []
+            data = b"".join(self._buffer)
+            self._buffer = []
         if not self.streamed:
             self._buffer.append(data)
             return []
@@ -272,6 +286,8 @@ class UpstreamDecoder:
         """The body ended (EOF)."""
         if self.closed:
             return []
+        if self.streamed is None:  # nothing but blanks: an empty answer
+            self.streamed = False
         if not self.streamed:
             self.closed = True
             body = b"".join(self._buffer)

@@ -137,7 +137,8 @@ class Translator:
             if retry and len(retry) <= 32 and retry.isprintable():
                 self._retry_after = retry
             return Output()
-        streamed = "text/event-stream" in header(headers, "content-type").lower()
+        content_type = header(headers, "content-type").lower()
+        streamed = True if "text/event-stream" in content_type else False if "json" in content_type else None
         self._decoder = UpstreamDecoder(streamed=streamed, max_body=self.max_body)
         if not self.stream:
             return Output()
@@ -156,10 +157,12 @@ class Translator:
             self._error_parts.append(data)
             self._error_size += len(data)
             return Output()
-        if self._decoder is None:
-            self.start(200, ())
+        opened = Output()
+        if self._decoder is None:  # no start(): take it as a 200 of unknown type
+            opened = self.start(200, ())
         assert self._decoder is not None
-        return self._handle(self._decoder.feed(data))
+        out = self._handle(self._decoder.feed(data))
+        return Output(head=opened.head or out.head, body=opened.body + out.body, done=out.done)
 
     def finish(self) -> Output:
         if self.done:

@@ -264,3 +264,15 @@ def test_chunks_of_any_shape_never_raise(chunks: list[object], done: bool) -> No
     events = decode(body + (b"data: [DONE]\n\n" if done else b""))
     assert isinstance(events[-1], End | Failed)
     assert all(isinstance(e.arguments, str) for e in events if isinstance(e, ToolCallDelta))
+
+
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [("llama_tool_stream", 1), ("llama_tool_stream", 0), ("llama_tool_json", 1), ("llama_tool_json", 0)],
+)
+def test_unknown_content_type_is_sniffed(name: str, size: int) -> None:
+    """A host that labels its answer neither SSE nor JSON (text/plain...): the first byte decides."""
+    body = b"\n  " + Upstream.load(name).body
+    streamed = name.endswith("stream")
+    assert summary(decode(body, size, streamed=None)) == summary(decode(Upstream.load(name).body, streamed=streamed))
+    assert decode(b"   ", streamed=None)[-1] == Failed("the host's answer is not valid JSON (it is cut short)")

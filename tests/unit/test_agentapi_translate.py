@@ -127,6 +127,13 @@ def test_fail_before_anything_gives_a_502_in_the_apis_shape() -> None:
     }
 
 
+def test_feed_without_start_still_gives_the_head_first() -> None:
+    t = forward("responses").translator()
+    out = t.feed(b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n')
+    assert out.head is not None and out.body.startswith(b"event: response.created")
+    assert b"response.output_text.delta" in out.body and t.finish().done
+
+
 def test_upstream_error_keeps_retry_after() -> None:
     t = forward("messages").translator()
     t.start(429, [(b"content-type", b"application/json"), (b"Retry-After", b"5")])
