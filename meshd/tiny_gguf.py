@@ -21,6 +21,7 @@ Usage: ``python -m meshd.tiny_gguf OUT.gguf``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import gguf
@@ -62,8 +63,11 @@ UNK_ID, BOS_ID, EOS_ID, IM_START_ID, IM_END_ID = 0, 1, 2, 3, 4
 FIRST_BYTE_ID = 5
 
 
-def vocabulary() -> tuple[list[str], list[float], list[int]]:
-    """Token strings, scores and types of the model's vocabulary, in id order."""
+def vocabulary(extra_tokens: Sequence[str] = ()) -> tuple[list[str], list[float], list[int]]:
+    """Token strings, scores and types of the model's vocabulary, in id order.
+
+    ``extra_tokens`` are appended as user-defined tokens (one token each, e.g. ``<tool_call>``).
+    """
     # The template's markers are control tokens: one token each instead of a dozen bytes.
     tokens = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
     scores = [0.0] * len(tokens)
@@ -77,6 +81,10 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
         tokens.append(piece)
         scores.append(-1.0 - i)
         types.append(gguf.TokenType.NORMAL)
+    for extra in extra_tokens:
+        tokens.append(extra)
+        scores.append(0.0)
+        types.append(gguf.TokenType.USER_DEFINED)
     return tokens, scores, [int(t) for t in types]
 
 
@@ -94,10 +102,22 @@ def _tensor_name(kind: gguf.MODEL_TENSOR, bid: int | None = None) -> str:
     return name + ".weight"
 
 
-def write_tiny_llama(path: Path | str, seed: int = SEED) -> Path:
-    """Write the tiny model to ``path`` and return it as a Path."""
+def write_tiny_llama(
+    path: Path | str,
+    seed: int = SEED,
+    *,
+    extra_tokens: Sequence[str] = (),
+    space_prefix: bool | None = None,
+    chat_template: str = CHAT_TEMPLATE,
+) -> Path:
+    """Write the tiny model to ``path`` and return it as a Path.
+
+    The keyword arguments make variants (the default model is unchanged): ``extra_tokens`` (see
+    :func:`vocabulary`), ``space_prefix=False`` (no SentencePiece space before the text, which llama-server's
+    grammar-constrained tool calls need) and another ``chat_template``.
+    """
     path = Path(path)
-    tokens, scores, types = vocabulary()
+    tokens, scores, types = vocabulary(extra_tokens)
     n_vocab = len(tokens)
     rng = np.random.default_rng(seed)
 
@@ -131,7 +151,9 @@ def write_tiny_llama(path: Path | str, seed: int = SEED) -> Path:
     writer.add_eos_token_id(EOS_ID)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    if space_prefix is not None:
+        writer.add_add_space_prefix(space_prefix)
+    writer.add_chat_template(chat_template)
 
     embd = rng.standard_normal((n_vocab, N_EMBD)).astype(np.float32)
     writer.add_tensor(_tensor_name(gguf.MODEL_TENSOR.TOKEN_EMBD), embd)

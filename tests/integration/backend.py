@@ -17,7 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -93,6 +93,7 @@ def start_llama_server(
     parallel: int = 4,
     timeout: float = 30.0,
     attempts: int = 3,
+    extra_args: Sequence[str] = (),
 ) -> LlamaBackend:
     """Start llama-server on a free 127.0.0.1 port and wait until ``GET /health`` answers 200.
 
@@ -102,7 +103,7 @@ def start_llama_server(
     last = ""
     for _ in range(attempts):
         port = free_port()
-        cmd = llama_server_argv(binary, model_path, port, alias=alias, ctx=ctx, parallel=parallel)
+        cmd = [*llama_server_argv(binary, model_path, port, alias=alias, ctx=ctx, parallel=parallel), *extra_args]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         backend = LlamaBackend(
