@@ -1,0 +1,190 @@
+"""Limits in Redis: requests per minute per caller, and concurrency leases that expire.
+
+- :class:`SharedRateLimiter` is the asynchronous twin of ``meshd.web.gate.RequestRateLimiter``: the same
+  token bucket (``rpm`` tokens, refilled at ``rpm``/60 per second), kept in one Redis hash per caller and
+  updated by one Lua script, so every machine spends from the same bucket.
+- :class:`SharedLeases` counts holders of a pool (a caller's streams, or the cluster's in-flight requests)
+  as members of a sorted set scored by their expiry. A lease lives ``ttl`` seconds and is renewed every
+  ``ttl``/3 while its request runs, so the slots of a machine that crashed (SIGKILL, power loss) are
+  freed by expiry, at most ``ttl`` seconds later, by whichever machine next asks for a slot.
+
+Both return Deferreds and fail with ``SharedUnavailable`` when Redis does not answer; the policy of what
+to do then is :mod:`meshd.shared.policy`'s.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from meshd.shared import scripts
+from meshd.shared.link import RedisLink, SharedUnavailable
+from meshd.web.gate import RateDecision
+
+DEFAULT_LEASE_TTL = 30.0
+
+
+def rate_decision(allowed: bool, tokens: float, rpm: int) -> RateDecision:
+    """What ``RequestRateLimiter.check`` would say for a bucket left with ``tokens`` after the check."""
+    rate = rpm / 60.0
+    return RateDecision(
+        allowed=allowed,
+        limit=rpm,
+        remaining=int(tokens),
+        reset_secs=(rpm - tokens) / rate,
+        retry_after=0 if allowed else max(1, math.ceil((1.0 - tokens) / rate)),
+    )
+
+
+class SharedRateLimiter:
+    """Requests per minute per caller, in Redis (``check`` is ``RequestRateLimiter.check`` as a Deferred)."""
+
+    def __init__(self, link: RedisLink, rpm: int) -> None:
+        if rpm < 1:
+            raise ValueError("rpm must be at least 1")
+        self.link = link
+        self.rpm = rpm
+        self._script: Any = None
+
+    def check(self, caller: str, now: float) -> Deferred[RateDecision]:
+        key = self.link.ns.rate(caller)
+        args = scripts.rate_args(now, self.rpm)
+
+        async def op(client: Any) -> Any:
+            if self._script is None:
+                self._script = client.register_script(scripts.RATE_SCRIPT)
+            return await self._script(keys=[key], args=args)
+
+        d = self.link.run(op)
+        d.addCallback(self._decide)
+        return d
+
+    def _decide(self, reply: Any) -> RateDecision:
+        try:
+            allowed, tokens = scripts.parse_rate_reply(reply)
+        except ValueError as e:
+            raise SharedUnavailable(str(e), "response") from None
+        return rate_decision(allowed, tokens, self.rpm)
+
+
+class SharedLeases:
+    """Leases on pools of limited size, kept in Redis and renewed while held.
+
+    ``acquire(pool, limit)`` gives a lease id or None when the pool is full; ``release`` gives it back (if
+    Redis is away then, the lease just expires). Held leases are renewed every ``ttl``/3 seconds in one
+    script call per 200 pools. ``owner`` goes into every lease id (which machine holds it, for operators).
+    """
+
+    _log = Logger()
+
+    def __init__(self, link: RedisLink, clock: Any, ttl: float = DEFAULT_LEASE_TTL, owner: str | None = None) -> None:
+        if ttl <= 0:
+            raise ValueError("the lease TTL must be positive")
+        self.link = link
+        self.clock = clock
+        self.ttl = ttl
+        self.owner = owner or secrets.token_hex(4)
+        self._n = 0
+        #: pool key -> lease ids held by this process (bounded by its requests in flight)
+        self.held: dict[str, set[str]] = {}
+        self._acquire: Any = None
+        self._renew: Any = None
+        self._timer: Any = None
+        self.renewals = 0
+        self.renew_failures = 0
+        self._stopped = False
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.held.values())
+
+    def acquire(self, pool: str, limit: int) -> Deferred[str | None]:
+        self._n += 1
+        lease = f"{self.owner}-{self._n}"
+        now = float(self.clock.seconds())
+        args = [repr(now), str(int(limit)), repr(now + self.ttl), lease]
+
+        async def op(client: Any) -> Any:
+            if self._acquire is None:
+                self._acquire = client.register_script(scripts.LEASE_ACQUIRE_SCRIPT)
+            return await self._acquire(keys=[pool], args=args)
+
+        def taken(reply: Any) -> str | None:
+            try:
+                ok, _holders = scripts.parse_lease_reply(reply)
+            except ValueError as e:
+                raise SharedUnavailable(str(e), "response") from None
+            if not ok:
+                return None
+            self.held.setdefault(pool, set()).add(lease)
+            self._arm()
+            return lease
+
+        d = self.link.run(op)
+        d.addCallback(taken)
+        return d
+
+    def release(self, pool: str, lease: str) -> Deferred[None]:
+        ids = self.held.get(pool)
+        if ids is not None:
+            ids.discard(lease)
+            if not ids:
+                del self.held[pool]
+
+        async def op(client: Any) -> None:
+            await client.zrem(pool, lease)
+
+        d = self.link.run(op)
+        # Not given back now: it expires within the TTL (nobody renews it any more).
+        d.addErrback(lambda f: f.trap(SharedUnavailable))
+        return d
+
+    # -- renewal --------------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._stopped:
+            return
+        if self._timer is None or not self._timer.active():
+            self._timer = self.clock.callLater(self.ttl / 3.0, self._renew_all)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _renew_all(self) -> Deferred[None] | None:
+        self._timer = None
+        if not self.held:
+            return None
+        now = float(self.clock.seconds())
+        pools = sorted(self.held)
+        calls: list[Deferred[Any]] = []
+        for i in range(0, len(pools), scripts.RENEW_BATCH):
+            batch = pools[i : i + scripts.RENEW_BATCH]
+            args = [repr(now), repr(now + self.ttl), *(" ".join(sorted(self.held[p])) for p in batch)]
+
+            async def op(client: Any, keys: list[str] = batch, argv: list[str] = args) -> Any:
+                if self._renew is None:
+                    self._renew = client.register_script(scripts.LEASE_RENEW_SCRIPT)
+                return await self._renew(keys=keys, args=argv)
+
+            calls.append(self.link.run(op))
+        from twisted.internet.defer import DeferredList
+
+        def done(results: list[tuple[bool, Any]]) -> None:
+            self._arm()
+            for ok, value in results:
+                if ok:
+                    self.renewals += 1
+                else:
+                    self.renew_failures += 1
+                    value.trap(SharedUnavailable)
+
+        dl: Deferred[Any] = DeferredList(calls, consumeErrors=True)
+        dl.addCallback(done)
+        dl.addErrback(lambda f: self._log.failure("renewing leases", failure=f, event="redis_renew_error"))
+        return dl
