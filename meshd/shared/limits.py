@@ -18,6 +18,7 @@ import math
 import secrets
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -71,6 +72,73 @@ class SharedRateLimiter:
         return rate_decision(allowed, tokens, self.rpm)
 
 
+@attrs.frozen
+class Admitted:
+    """What the admit script decided. ``stream``/``inflight``: a lease id, None when not asked (or given back
+    because a later check refused), ``FULL`` when the pool is full."""
+
+    rate: RateDecision | None
+    stream: str | None
+    inflight: str | None
+
+
+FULL = "full"
+
+
+def admit(
+    link: RedisLink,
+    leases: SharedLeases | None,
+    clock: Any,
+    caller: str,
+    *,
+    rpm: int,
+    stream_limit: int,
+    inflight_limit: int,
+) -> Deferred[Admitted]:
+    """A request's rate check and its leases (0 = not asked) in one round trip (``scripts.ADMIT_SCRIPT``)."""
+    ns = link.ns
+    now = float(clock.seconds())
+    ttl = leases.ttl if leases is not None else DEFAULT_LEASE_TTL
+    stream_id = leases.new_id() if leases is not None and stream_limit > 0 else ""
+    inflight_id = leases.new_id() if leases is not None and inflight_limit > 0 else ""
+    keys = [ns.rate(caller), ns.streams(caller), ns.inflight()]
+    args = [
+        *scripts.rate_args(now, rpm),
+        str(int(stream_limit)),
+        str(int(inflight_limit)),
+        repr(now + ttl),
+        stream_id or "-",
+        inflight_id or "-",
+    ]
+
+    async def op(client: Any) -> Any:
+        return await _script(client, scripts.ADMIT_SCRIPT)(keys=keys, args=args)
+
+    def decided(reply: Any) -> Admitted:
+        try:
+            allowed, tokens, s, g = scripts.parse_admit_reply(reply)
+        except ValueError as e:
+            raise SharedUnavailable(str(e), "response") from None
+        rate = rate_decision(allowed, tokens, rpm) if rpm > 0 and tokens is not None else None
+        stream = FULL if s == -1 else (stream_id if s == 1 else None)
+        inflight = FULL if g == -1 else (inflight_id if g == 1 else None)
+        if leases is not None:
+            if stream not in (None, FULL):
+                leases.adopt(keys[1], stream_id)
+            if inflight not in (None, FULL):
+                leases.adopt(keys[2], inflight_id)
+        return Admitted(rate, stream, inflight)
+
+    d = link.run(op)
+    d.addCallback(decided)
+    return d
+
+
+def _script(client: Any, text: str) -> Any:
+    """redis-py's Script for ``text`` (sent as EVALSHA, loaded again after a NOSCRIPT; its SHA-1 costs ~µs)."""
+    return client.register_script(text)
+
+
 class SharedLeases:
     """Leases on pools of limited size, kept in Redis and renewed while held.
 
@@ -101,9 +169,17 @@ class SharedLeases:
     def __len__(self) -> int:
         return sum(len(v) for v in self.held.values())
 
-    def acquire(self, pool: str, limit: int) -> Deferred[str | None]:
+    def new_id(self) -> str:
         self._n += 1
-        lease = f"{self.owner}-{self._n}"
+        return f"{self.owner}-{self._n}"
+
+    def adopt(self, pool: str, lease: str) -> None:
+        """Renew ``lease`` (taken by another script, e.g. the admit script) from now on."""
+        self.held.setdefault(pool, set()).add(lease)
+        self._arm()
+
+    def acquire(self, pool: str, limit: int) -> Deferred[str | None]:
+        lease = self.new_id()
         now = float(self.clock.seconds())
         args = [repr(now), str(int(limit)), repr(now + self.ttl), lease]
 
@@ -119,8 +195,7 @@ class SharedLeases:
                 raise SharedUnavailable(str(e), "response") from None
             if not ok:
                 return None
-            self.held.setdefault(pool, set()).add(lease)
-            self._arm()
+            self.adopt(pool, lease)
             return lease
 
         d = self.link.run(op)

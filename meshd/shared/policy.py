@@ -28,11 +28,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from meshd.shared.keys import UNAVAILABLE, SharedKeys, Unavailable
-from meshd.shared.limits import DEFAULT_LEASE_TTL, SharedLeases, SharedRateLimiter
+from meshd.shared.limits import DEFAULT_LEASE_TTL, FULL, Admitted, SharedLeases, SharedRateLimiter, admit
 from meshd.shared.link import ERROR_KINDS, LATENCY_BUCKETS, RedisLink, SharedUnavailable
 from meshd.web.gate import RateDecision, RequestRateLimiter, StreamLimiter
 
-__all__ = ["UNAVAILABLE", "Lease", "Policy", "SharedGate"]
+__all__ = ["UNAVAILABLE", "Admission", "Lease", "Policy", "SharedGate"]
 
 CHECKS = ("rate", "streams", "inflight_global", "keys")
 
@@ -50,6 +50,22 @@ class Lease:
     pool: str = ""
     lease_id: str = ""
     caller: str = ""
+
+
+NO_LEASE = Lease("none")
+
+
+@attrs.frozen
+class Admission:
+    """One request's shared checks: ``rate`` (None when off), then its slots. A slot is a Lease (``none``
+    when not asked, or given back because a later check refused), None when full, or UNAVAILABLE."""
+
+    rate: RateDecision | Unavailable | None
+    stream: Lease | Unavailable | None = NO_LEASE
+    inflight: Lease | Unavailable | None = NO_LEASE
+
+    def leases(self) -> list[Lease]:
+        return [x for x in (self.stream, self.inflight) if isinstance(x, Lease) and x.kind != "none"]
 
 
 class SharedGate(MultiService):
@@ -146,6 +162,67 @@ class SharedGate(MultiService):
         # Fail-open: no cluster-wide cap while Redis is away (each machine's --max-inflight still applies).
         d.addErrback(self._fallback, "inflight_global", lambda: Lease("none"))
         return d
+
+    def admit(self, caller: str, *, stream: bool, inflight: bool) -> Deferred[Admission]:
+        """The rate check and the slots a request needs (a stream slot, a cluster-wide one) in one Redis call."""
+        stream = stream and self.local_streams is not None
+        inflight = inflight and self.max_inflight_global > 0
+        rpm = self.requests.rpm if self.requests is not None else 0
+        if not (rpm or stream or inflight):
+            return succeed(Admission(None))
+        streams_pool = self.link.ns.streams(caller)
+        d: Deferred[Any] = admit(
+            self.link,
+            self.leases,
+            self.clock,
+            caller,
+            rpm=rpm,
+            stream_limit=self.max_streams if stream else 0,
+            inflight_limit=self.max_inflight_global if inflight else 0,
+        )
+
+        def slot(value: str | None, pool: str, caller: str = "") -> Lease | None:
+            if value is None:
+                return NO_LEASE
+            return None if value == FULL else Lease("redis", pool, value, caller)
+
+        def decided(a: Admitted) -> Admission:
+            return Admission(a.rate, slot(a.stream, streams_pool, caller), slot(a.inflight, self.link.ns.inflight()))
+
+        d.addCallback(decided)
+        d.addErrback(self._admit_fallback, caller, rpm > 0, stream, inflight)
+        return d
+
+    def _admit_fallback(self, failure: Failure, caller: str, rate: bool, stream: bool, inflight: bool) -> Admission:
+        failure.trap(SharedUnavailable)
+        checks = [c for c, on in (("rate", rate), ("streams", stream), ("inflight_global", inflight)) if on]
+        if self.limits_fail is Policy.CLOSED:
+            for check in checks:
+                self._fallback(failure, check, lambda: None)
+            return Admission(
+                UNAVAILABLE if rate else None,
+                UNAVAILABLE if stream else NO_LEASE,
+                UNAVAILABLE if inflight else NO_LEASE,
+            )
+        now = float(self.clock.seconds())
+        decision: RateDecision | None = None
+        if rate:
+            assert self.local_requests is not None
+            decision = self._fallback(failure, "rate", lambda: self.local_requests.check(caller, now))  # type: ignore[union-attr]
+            if not decision.allowed:
+                return Admission(decision)
+        slot: Lease | None = NO_LEASE
+        if stream:
+            assert self.local_streams is not None
+            local = self.local_streams
+            slot = self._fallback(
+                failure, "streams", lambda: Lease("local", caller=caller) if local.acquire(caller) else None
+            )
+            if slot is None:
+                return Admission(decision, None)
+        if inflight:
+            self._fallback(failure, "inflight_global", lambda: NO_LEASE)
+        return Admission(decision, slot, NO_LEASE)
 
     def release(self, lease: Lease) -> None:
         if lease.kind == "redis" and self.leases is not None:

@@ -129,35 +129,41 @@ def valid_id(response_id: str) -> bool:
 
 # -- requests per minute ----------------------------------------------------------------------------
 
-#: KEYS[1] the bucket; ARGV: now (s), rpm, the bucket's TTL (ms). Returns {allowed 0/1, tokens left}.
-#: The same arithmetic as meshd.web.gate.RequestRateLimiter, in the same order (same doubles).
-RATE_SCRIPT = """
+#: The token bucket: KEYS[1], ARGV: now (s), rpm, the bucket's TTL (ms); leaves ``allowed`` (0/1) and ``t`` (tokens
+#: left, as text). The same arithmetic as meshd.web.gate.RequestRateLimiter, in the same order (same doubles).
+_BUCKET = """
 local now = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
-local rate = cap / 60.0
-local b = redis.call('HMGET', KEYS[1], 't', 'u')
-local tokens = tonumber(b[1])
-local updated = tonumber(b[2])
-if tokens == nil or updated == nil then
-  tokens = cap
-  updated = now
-else
-  if now > updated then
-    tokens = math.min(cap, tokens + (now - updated) * rate)
+local allowed = 1
+local t = ''
+if cap > 0 then
+  local rate = cap / 60.0
+  local b = redis.call('HMGET', KEYS[1], 't', 'u')
+  local tokens = tonumber(b[1])
+  local updated = tonumber(b[2])
+  if tokens == nil or updated == nil then
+    tokens = cap
     updated = now
+  else
+    if now > updated then
+      tokens = math.min(cap, tokens + (now - updated) * rate)
+      updated = now
+    end
+    if tokens > cap then tokens = cap end
   end
-  if tokens > cap then tokens = cap end
+  allowed = 0
+  if tokens >= 1.0 then
+    tokens = tokens - 1.0
+    allowed = 1
+  end
+  t = string.format('%.17g', tokens)
+  redis.call('HSET', KEYS[1], 't', t, 'u', string.format('%.17g', updated))
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
-local allowed = 0
-if tokens >= 1.0 then
-  tokens = tokens - 1.0
-  allowed = 1
-end
-local t = string.format('%.17g', tokens)
-redis.call('HSET', KEYS[1], 't', t, 'u', string.format('%.17g', updated))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {allowed, t}
 """
+
+#: Returns {allowed 0/1, tokens left}.
+RATE_SCRIPT = _BUCKET + "return {allowed, t}\n"
 
 
 def rate_args(now: float, rpm: int) -> list[str]:
@@ -213,6 +219,57 @@ return n
 
 #: Pools renewed by one script call at most.
 RENEW_BATCH = 200
+
+#: One request's whole admission in one round trip. KEYS: the rate bucket, the caller's stream pool, the
+#: in-flight pool. ARGV: now, rpm (0 = off), the bucket's TTL (ms), the stream limit (0 = not asked), the
+#: in-flight limit (0 = not asked), the leases' expiry, the stream lease id, the in-flight lease id.
+#: Returns {allowed, tokens, stream, inflight}: stream/inflight 1 = taken, 0 = not asked (or given back
+#: because a later check refused), -1 = full. Checks run in the gate's order and stop at the first refusal.
+ADMIT_SCRIPT = (
+    _BUCKET
+    + """
+if allowed == 0 then return {0, t, 0, 0} end
+local function take(key, limit, id)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
+  if redis.call('ZCARD', key) >= limit then return -1 end
+  redis.call('ZADD', key, ARGV[6], id)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', key, math.max(1, math.ceil((tonumber(last[2]) - now) * 1000)) + 1000)
+  return 1
+end
+local s = 0
+if tonumber(ARGV[4]) > 0 then
+  s = take(KEYS[2], tonumber(ARGV[4]), ARGV[7])
+  if s == -1 then return {1, t, -1, 0} end
+end
+local g = 0
+if tonumber(ARGV[5]) > 0 then
+  g = take(KEYS[3], tonumber(ARGV[5]), ARGV[8])
+  if g == -1 and s == 1 then
+    redis.call('ZREM', KEYS[2], ARGV[7])
+    s = 0
+  end
+end
+return {1, t, s, g}
+"""
+)
+
+
+def parse_admit_reply(reply: Any) -> tuple[bool, float | None, int, int]:
+    """(allowed, tokens or None when the rate limit is off, stream, in-flight) of the admit script."""
+    if not isinstance(reply, list | tuple) or len(reply) != 4:
+        raise ValueError("the admit script answered something else than {allowed, tokens, stream, inflight}")
+    allowed, tokens, stream, inflight = reply
+    if allowed not in (0, 1) or stream not in (-1, 0, 1) or inflight not in (-1, 0, 1):
+        raise ValueError("the admit script answered values out of range")
+    if not isinstance(tokens, bytes | str):
+        raise ValueError("the admit script answered a token count that is not text")
+    if not tokens:
+        return allowed == 1, None, stream, inflight
+    value = float(tokens)
+    if not math.isfinite(value):
+        raise ValueError("the admit script answered a token count that is not a number")
+    return allowed == 1, value, stream, inflight
 
 
 def parse_lease_reply(reply: Any) -> tuple[bool, int]:

@@ -712,47 +712,39 @@ class GateResource(Resource):
         _send(request, self._denied(request))
 
     async def _shared_admit(self, request: IRequest, ex: _Exchange, path: str) -> None:
-        """The shared limits in order (rate, streams, the cluster-wide cap), then this process's cap."""
+        """The shared checks in one Redis call (rate, a stream slot, a cluster-wide slot), then this process's cap."""
         shared = self.gate.shared
         assert shared is not None
-        if shared.requests is not None:
-            decision = await shared.check_rate(ex.caller)
-            if ex.done:
-                return
-            if not isinstance(decision, RateDecision):
-                _send(request, self._unavailable(request))
-                return
-            if not decision.allowed:
-                _send(request, self._rate_limited(request, decision))
-                return
-            self._rate_headers(request, decision)
-        if ex.stream and shared.local_streams is not None:
-            lease = await shared.acquire_stream(ex.caller)
-            if isinstance(lease, Unavailable):
-                _send(request, self._unavailable(request))
-                return
-            if lease is None:
-                _send(request, self._streams_limited(request, shared.max_streams))
-                return
-            if ex.done:
+        got = await shared.admit(ex.caller, stream=ex.stream, inflight=path not in LOCAL_PATHS)
+        if ex.done:  # the caller left while Redis answered: give back what it got
+            for lease in got.leases():
                 shared.release(lease)
-                return
-            ex.stream_lease = lease
-        if path not in LOCAL_PATHS and shared.max_inflight_global > 0:
-            lease = await shared.acquire_global()
-            if isinstance(lease, Unavailable):
-                _send(request, self._unavailable(request))
-                return
-            if lease is None:
-                self._reject("busy")
-                _send(request, self._busy(request, shared.max_inflight_global, "across the cluster"))
-                return
-            if ex.done:
-                shared.release(lease)
-                return
-            ex.global_lease = lease
-        if ex.done:
             return
+        rate, stream, inflight = got.rate, got.stream, got.inflight
+        if isinstance(rate, Unavailable):
+            _send(request, self._unavailable(request))
+            return
+        if rate is not None:
+            if not rate.allowed:
+                _send(request, self._rate_limited(request, rate))
+                return
+            self._rate_headers(request, rate)
+        if isinstance(stream, Unavailable) or isinstance(inflight, Unavailable):
+            for lease in got.leases():
+                shared.release(lease)
+            _send(request, self._unavailable(request))
+            return
+        if stream is None:
+            _send(request, self._streams_limited(request, shared.max_streams))
+            return
+        if inflight is None:
+            if stream.kind != "none":
+                shared.release(stream)
+            self._reject("busy")
+            _send(request, self._busy(request, shared.max_inflight_global, "across the cluster"))
+            return
+        ex.stream_lease = stream if stream.kind != "none" else None
+        ex.global_lease = inflight if inflight.kind != "none" else None
         result = self._admit_local(request, ex, path, self.gate.now())
         if result is not NOT_DONE_YET:
             _send(request, result)

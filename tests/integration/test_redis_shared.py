@@ -23,7 +23,7 @@ from twisted.internet.task import Clock, deferLater
 
 from meshd.shared import scripts
 from meshd.shared.keys import UNAVAILABLE, SharedKeys, add_key, digest, list_keys, revoke
-from meshd.shared.limits import SharedLeases, SharedRateLimiter
+from meshd.shared.limits import FULL, Admitted, SharedLeases, SharedRateLimiter, admit
 from meshd.shared.link import RedisLink, SharedUnavailable
 from meshd.shared.policy import Lease, Policy, SharedGate
 from meshd.shared.store import RedisResponseStore
@@ -67,13 +67,60 @@ async def test_the_lua_bucket_decides_exactly_as_the_in_process_core(redis_serve
                 # bursts (no time passes), small steps, and long idle gaps (a full refill, the key's expiry)
                 now += rng.choice([0.0, 0.0, 0.001, rng.random(), rng.random() * 10, 61.0])
                 caller = rng.choice(callers)
-                got = await shared.check(caller, now)
+                if rng.random() < 0.5:
+                    got = await shared.check(caller, now)
+                else:  # the admit script runs the same bucket
+                    got = (await admit(link, None, At(now), caller, rpm=rpm, stream_limit=0, inflight_limit=0)).rate
                 want = local.check(caller, now)
                 assert got == want, (rpm, caller, now)
         # namespaced, and expiring: nothing stays after a minute of silence
         ttl = redis_server.client().pttl(link.ns.rate("ip:10.232.0.1"))
         assert 0 < ttl <= 61_000
     finally:
+        await link.stopService()
+
+
+class At:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def seconds(self) -> float:
+        return self.now
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_admit_call_checks_in_the_gates_order_and_gives_back_what_a_later_check_refused(
+    redis_server: RedisServer,
+) -> None:
+    link = await started(RedisLink(reactor, redis_server.url, timeout=2.0))
+    r = redis_server.client()
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    leases = SharedLeases(link, clock, ttl=30, owner="m")
+    ns = link.ns
+    try:
+
+        async def go(caller: str, rpm: int = 3, stream: int = 1, inflight: int = 2) -> Any:
+            return await admit(link, leases, clock, caller, rpm=rpm, stream_limit=stream, inflight_limit=inflight)
+
+        first = await go("ip:a")
+        assert first.rate.remaining == 2 and first.stream == "m-1" and first.inflight == "m-2"
+        assert r.zrange(ns.streams("ip:a"), 0, -1) == [b"m-1"] and r.zrange(ns.inflight(), 0, -1) == [b"m-2"]
+        assert leases.held == {ns.streams("ip:a"): {"m-1"}, ns.inflight(): {"m-2"}}  # renewed from now on
+        full = await go("ip:a")  # its one stream slot is taken: no in-flight slot taken either
+        assert full.rate.allowed and full.stream == FULL and full.inflight is None
+        assert r.zcard(ns.inflight()) == 1
+        await go("ip:b")  # the second in-flight slot
+        third = await go("ip:c")  # the cluster cap is full: ip:c's stream slot goes back at once
+        assert third.stream is None and third.inflight == FULL and r.zcard(ns.streams("ip:c")) == 0
+        for _ in range(2):
+            await go("ip:c")
+        refused = await go("ip:c")  # ip:c's bucket (3) is spent: nothing else is looked at
+        assert not refused.rate.allowed and refused.stream is None and refused.inflight is None
+        plain = await go("ip:d", rpm=0, stream=0, inflight=0)
+        assert plain == Admitted(None, None, None) and r.exists(ns.rate("ip:d")) == 0
+    finally:
+        leases.stop()
         await link.stopService()
 
 

@@ -23,7 +23,7 @@ from meshd.shared import scripts
 from meshd.shared.keys import UNAVAILABLE, SharedKeys
 from meshd.shared.limits import rate_decision
 from meshd.shared.link import PROBE_DOWN, PROBE_UP, Health, SharedUnavailable, classify
-from meshd.shared.policy import Lease, Policy, SharedGate
+from meshd.shared.policy import Admission, Lease, Policy, SharedGate
 from meshd.tap import Options
 from meshd.web.gate import RateDecision, RequestRateLimiter
 
@@ -120,7 +120,8 @@ resp_values = st.recursive(
 @settings(max_examples=300)
 @given(resp_values)
 def test_any_reply_is_parsed_or_refused_with_value_error(reply: Any) -> None:
-    for parse in (scripts.parse_rate_reply, scripts.parse_lease_reply, scripts.parse_keys_reply):
+    parsers = (scripts.parse_rate_reply, scripts.parse_lease_reply, scripts.parse_keys_reply, scripts.parse_admit_reply)
+    for parse in parsers:
         try:
             parse(reply)
         except ValueError:
@@ -297,6 +298,29 @@ def test_fail_closed_limits_answer_unavailable_and_make_the_node_unready() -> No
     link.health.failed(1.0, "connection", "refused")
     assert gate.ready_problem() == "Redis is down and limits fail closed (refused)"
     assert gate.status()["fallbacks"] == {"rate:closed": 1, "inflight_global:closed": 1}
+
+
+def test_one_admit_call_and_its_fallbacks() -> None:
+    link, clock = FakeLink(), Clock()
+    gate = SharedGate(link, clock, rate_limit_rpm=2, rate_limit_streams=1, max_inflight_global=5)
+    assert gate.leases is not None
+    link.replies = [[1, b"1", 1, 1]]
+    got = result(gate.admit("ip:a", stream=True, inflight=True))
+    assert got.rate == RateDecision(True, 2, 1, 30.0, 0)
+    assert [lease.pool for lease in got.leases()] == ["meshd:lease:streams:ip:a", "meshd:lease:inflight"]
+    assert len(gate.leases) == 2  # renewed from now on
+    link.replies = [[0, b"0.5", 0, 0]]
+    refused = result(gate.admit("ip:a", stream=True, inflight=True))
+    assert refused.rate is not None and not refused.rate.allowed and refused.leases() == []  # type: ignore[union-attr]
+    link.replies = [down(), down()]
+    opened = [result(gate.admit("ip:b", stream=True, inflight=True)) for _ in range(2)]
+    assert opened[0].stream == Lease("local", caller="ip:b") and opened[0].inflight == Lease("none")
+    assert opened[1].stream is None  # this process's one stream slot is taken
+    closed = SharedGate(FakeLink(), clock, rate_limit_streams=1, limits_fail=Policy.CLOSED)
+    closed.link.replies = [down()]  # type: ignore[attr-defined]
+    got = result(closed.admit("ip:c", stream=True, inflight=True))
+    assert got == Admission(None, UNAVAILABLE, Lease("none"))
+    assert result(SharedGate(FakeLink(), clock).admit("ip:d", stream=True, inflight=True)) == Admission(None)
 
 
 def test_without_a_global_cap_no_lease_is_taken_and_open_fallback_takes_none() -> None:

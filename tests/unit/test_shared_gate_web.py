@@ -46,12 +46,12 @@ def test_a_shared_rate_check_answers_when_redis_does() -> None:
     got: list[Any] = []
     answer.addBoth(got.append)
     assert got == []  # waiting for Redis
-    pending.callback([1, b"1"])
+    pending.callback([1, b"1", 0, 0])  # the admit script: allowed, 1 token left, no slots asked
     stub.flush()
     r = Reply(got[0])
     assert r.code == 200 and r.header("x-ratelimit-remaining-requests") == "1"
     assert r.header("x-ratelimit-limit-requests") == "2" and r.header("x-ratelimit-reset-requests") == "30s"
-    link.replies = [[0, b"0.25"]]
+    link.replies = [[0, b"0.25", 0, 0]]
     r = call(app.resource(), "/v1/models")
     assert r.code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
     assert r.header("retry-after") == "23" and r.header("x-ratelimit-remaining-requests") == "0"  # (1 - 0.25) * 30 s
@@ -78,18 +78,22 @@ def test_stream_leases_are_taken_and_given_back_when_the_response_ends() -> None
     app = app_with(link, clock, rate_limit_streams=1, max_inflight_global=10)
     shared = app.gate.shared
     assert shared is not None and shared.leases is not None
-    link.replies = [[1, 1], [1, 1], None, None]  # stream lease, global lease, two releases
+    link.replies = [[1, b"", 1, 1], None, None]  # both slots in one call (no rate limit), then two releases
     body = {"model": "m", "stream": True, "messages": []}
     r = call(app.resource(), "/v1/chat/completions", "POST", body=body)
     assert r.code == 404 and r.json()["error"]["code"] == "model_not_found"  # an empty mesh: answered by the app
-    assert len(link.ops) == 4 and shared.leases.held == {} and link.replies == []
-    link.replies = [[0, 1]]
+    assert len(link.ops) == 3 and shared.leases.held == {} and link.replies == []
+    link.replies = [[1, b"", -1, 0]]
     r = call(app.resource(), "/v1/chat/completions", "POST", body=body)
     assert r.code == 429 and "concurrent streams: limit 1" in r.json()["error"]["message"]
-    link.replies = [[1, 1], [0, 10], None]  # the cluster-wide cap is full: the stream lease goes back
+    link.replies = [[1, b"", 0, -1]]  # the cluster-wide cap is full (the script gave the stream slot back)
     r = call(app.resource(), "/v1/chat/completions", "POST", body=body)
     assert r.code == 503 and "10 requests in flight across the cluster" in r.json()["error"]["message"]
     assert shared.leases.held == {} and link.replies == []
+    link.replies = [down()]  # fail-open: this process's stream slot, no cluster-wide cap, given back at the end
+    r = call(app.resource(), "/v1/chat/completions", "POST", body=body)
+    assert r.code == 404 and shared.local_streams is not None and shared.local_streams.active("ip:127.0.0.1") == 0
+    assert shared.fallbacks[("streams", "open")] == 1 and shared.fallbacks[("inflight_global", "open")] == 1
 
 
 def test_a_caller_gone_while_redis_answers_leaves_no_lease_behind() -> None:
@@ -108,7 +112,7 @@ def test_a_caller_gone_while_redis_answers_leaves_no_lease_behind() -> None:
     resource: GateResource = app.resource()
     assert resource.render(request) is NOT_DONE_YET
     request.processingFailed(Failure(ConnectionDone()))  # the caller hangs up
-    pending.callback([1, 1])  # Redis gives the lease after all...
+    pending.callback([1, b"", 1, 0])  # Redis gives the lease after all...
     assert shared.leases.held == {} and len(link.ops) == 2  # ...and it goes straight back
     assert request.written == []
 
