@@ -428,3 +428,30 @@ def test_bad_redis_flags_stop_meshd_with_a_reason(
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert fragment in err and "hunter2" not in err
+
+
+# -- deployment ---------------------------------------------------------------------------------------
+
+
+def test_the_compose_file_runs_two_api_processes_on_one_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+    from pathlib import Path
+
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[2] / "fly" / "api" / "compose.yaml").read_text())
+    services = compose["services"]
+    apis = [s for name, s in services.items() if name.startswith("api")]
+    assert len(apis) == 2 and "redis" in services
+    assert sorted(s["ports"][0] for s in apis) == ["127.0.0.1:9337:9337", "127.0.0.1:9338:9337"]
+    redis_cmd = services["redis"]["command"]
+    password = redis_cmd[redis_cmd.index("--requirepass") + 1]
+    for s in apis:
+        env = s["environment"]
+        assert env["APP_MODE"] == "api" and s["build"]["args"]["CMD"] == "api"
+        assert env["MESHD_REDIS_URL"] == f"redis://:{password}@redis:6379/0"
+        assert scripts.check_url(env["MESHD_REDIS_URL"])
+        # what the entrypoint hands meshd parses (the URL comes from the environment)
+        monkeypatch.setenv("MESHD_REDIS_URL", env["MESHD_REDIS_URL"])
+        config = options(*shlex.split(env["MESH_API_LIMITS"]), *shlex.split(env["MESH_ARGS"]))
+        assert config.redis_keys and config.max_inflight_global == 8 and config.redis_url == env["MESHD_REDIS_URL"]
