@@ -19,7 +19,7 @@ import secrets
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from meshd.shared import scripts
@@ -217,6 +217,20 @@ class SharedLeases:
         d.addErrback(lambda f: f.trap(SharedUnavailable))
         return d
 
+    def release_all(self) -> Deferred[Any]:
+        """Give back every lease held (a clean stop): one ZREM per pool; what fails just expires."""
+        held, self.held = self.held, {}
+        calls: list[Deferred[Any]] = []
+        for pool, ids in sorted(held.items()):
+
+            async def op(client: Any, pool: str = pool, ids: list[str] = sorted(ids)) -> None:
+                await client.zrem(pool, *ids)
+
+            d = self.link.run(op)
+            d.addErrback(lambda f: f.trap(SharedUnavailable))
+            calls.append(d)
+        return DeferredList(calls, consumeErrors=True)
+
     # -- renewal --------------------------------------------------------------------------------
 
     def _arm(self) -> None:
@@ -248,7 +262,6 @@ class SharedLeases:
                 return await self._renew(keys=keys, args=argv)
 
             calls.append(self.link.run(op))
-        from twisted.internet.defer import DeferredList
 
         def done(results: list[tuple[bool, Any]]) -> None:
             self._arm()

@@ -121,11 +121,16 @@ class SharedGate(MultiService):
             self.keys.start()
 
     def stopService(self) -> Any:
+        """Stop the key poll and the renewals, give back the slots still held (so a machine stopped cleanly
+        frees them at once, not after the lease TTL), then close the link."""
         if self.keys is not None:
             self.keys.stop()
-        if self.leases is not None:
-            self.leases.stop()
-        return super().stopService()
+        if self.leases is None:
+            return super().stopService()
+        self.leases.stop()
+        d: Deferred[Any] = self.leases.release_all()
+        d.addBoth(lambda _: MultiService.stopService(self))
+        return d
 
     # -- the checks -------------------------------------------------------------------------------
 

@@ -185,6 +185,8 @@ def test_a_key_revoked_in_redis_is_refused_by_every_process_within_a_second(
         text = "\n".join(json.dumps(r) for r in c.daemon.records)
         assert key not in text  # keys never reach the logs
         assert c.status()["redis"]["api_keys"]["keys"] == 0
+    assert b.daemon.terminate() == 0  # SIGTERM: the Redis link closes with the rest, cleanly
+    assert not [r for r in b.daemon.records if r.get("level") in ("error", "critical")]
 
 
 def test_a_lease_held_by_a_process_killed_with_sigkill_is_freed_by_expiry(

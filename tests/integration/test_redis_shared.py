@@ -80,6 +80,20 @@ async def test_the_lua_bucket_decides_exactly_as_the_in_process_core(redis_serve
         await link.stopService()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_clean_stop_gives_back_the_slots_at_once(redis_server: RedisServer) -> None:
+    link = RedisLink(reactor, redis_server.url, timeout=2.0)
+    gate = SharedGate(link, reactor, rate_limit_streams=2, max_inflight_global=5, lease_ttl=60)
+    gate.startService()
+    await until(lambda: link.health.state == "up", 5, "the link up")
+    r = redis_server.client()
+    got = [await gate.admit(f"ip:{i}", stream=True, inflight=True) for i in range(3)]
+    assert all(len(a.leases()) == 2 for a in got) and r.zcard(link.ns.inflight()) == 3
+    await gate.stopService()
+    assert r.zcard(link.ns.inflight()) == 0 and r.keys(f"{link.ns.prefix}:lease:*") == []
+    assert link.client is None  # closed after the leases went back
+
+
 class At:
     def __init__(self, now: float) -> None:
         self.now = now
