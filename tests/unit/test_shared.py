@@ -150,7 +150,9 @@ def test_key_sets_keep_only_well_formed_entries_within_the_bound(pairs: list[tup
         assert len(pairs) > limit
         return
     assert got.version == "v1" and got.entries is not None
-    assert len(got.entries) + got.bad == len(pairs) or len(got.entries) < len(pairs)
+    good = [f for f, _ in pairs if isinstance(f, bytes) and len(f) == 64 and all(c in b"0123456789abcdef" for c in f)]
+    assert set(got.entries) == {f.decode() for f in good}  # every well-formed digest, once
+    assert got.bad == len(pairs) - len(good)  # everything else counted as malformed, never as a key
     for d, entry in got.entries.items():
         assert len(d) == 64 and int(d, 16) >= 0 and entry.key_id == d[:8]
         assert len(entry.label) <= scripts.MAX_LABEL and entry.label.isprintable()
