@@ -212,8 +212,10 @@ class SharedGate(MultiService):
         now = float(self.clock.seconds())
         decision: RateDecision | None = None
         if rate:
-            assert self.local_requests is not None
-            decision = self._fallback(failure, "rate", lambda: self.local_requests.check(caller, now))  # type: ignore[union-attr]
+            requests = self.local_requests
+            assert requests is not None
+            decision = self._fallback(failure, "rate", lambda: requests.check(caller, now))
+            assert decision is not None
             if not decision.allowed:
                 return Admission(decision)
         slot: Lease | None = NO_LEASE

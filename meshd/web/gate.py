@@ -545,16 +545,20 @@ class Gate:
     def status(self) -> dict[str, Any]:
         """The ``gate`` section of ``/api/status`` (the ``redis`` section is the shared gate's own)."""
         shared = self.shared
-        keys = self.keys.count + (shared.keys.count if shared is not None and shared.keys is not None else 0)
+        keys = self.keys.count
+        rpm = self.requests.rpm if self.requests else 0
+        streams = self.streams.max_streams if self.streams else 0
+        if shared is not None:
+            keys += shared.keys.count if shared.keys is not None else 0
+            rpm = shared.requests.rpm if shared.requests is not None else 0
+            streams = shared.max_streams
         return {
             "inflight": self.concurrency.inflight,
             "queued": self.concurrency.queued,
             "max_inflight": self.concurrency.max_inflight,
             "queue_timeout": self.concurrency.queue_timeout,
-            "rate_limit_rpm": self.requests.rpm
-            if self.requests
-            else (shared.status()["rate_limit_rpm"] if shared else 0),
-            "rate_limit_streams": self.streams.max_streams if self.streams else (shared.max_streams if shared else 0),
+            "rate_limit_rpm": rpm,
+            "rate_limit_streams": streams,
             "api_keys": keys if self.keys_required else None,
             "shared": shared is not None,
         }
