@@ -175,7 +175,7 @@ class RedisLink(Service):
         client, self.client = self.client, None
         if client is None:
             return None
-        d: Deferred[Any] = _from_coroutine(client.aclose())
+        d: Deferred[Any] = _from_coroutine(client.aclose(close_connection_pool=True))
         d.addTimeout(1.0, self.clock)
         d.addErrback(lambda f: self._log.debug("closing the Redis client: {f}", f=f.getErrorMessage()))
         return d

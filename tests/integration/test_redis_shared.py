@@ -91,7 +91,8 @@ async def test_a_clean_stop_gives_back_the_slots_at_once(redis_server: RedisServ
     assert all(len(a.leases()) == 2 for a in got) and r.zcard(link.ns.inflight()) == 3
     await gate.stopService()
     assert r.zcard(link.ns.inflight()) == 0 and r.keys(f"{link.ns.prefix}:lease:*") == []
-    assert link.client is None  # closed after the leases went back
+    assert link.client is None  # closed after the leases went back, with its connections
+    await until(lambda: not [c for c in r.client_list() if c["name"] == "meshd"], 5, "meshd's connections closed")
 
 
 class At:
