@@ -9,7 +9,8 @@ the same keep-alive HTTP client for every target. It prints a table and writes J
 
 Measures: start-up (client process start → first 200 completion), idle client RSS, added latency (p50/p99),
 streaming TTFB and chunks/s, 1,000 concurrent streams through one client (all complete? peak RSS, CPU
-seconds), QUIC RTT and MB/s (bench/quic_bench.py), and py-spy profiles where a goal is missed.
+seconds), QUIC RTT and MB/s (bench/quic_bench.py), the latency the Redis-backed gate adds over the in-process
+gate (``--redis``; skipped when ``redis-server`` is not installed), and py-spy profiles where a goal is missed.
 """
 
 from __future__ import annotations
@@ -198,6 +199,65 @@ def start_client_timed(procs: Procs, tmp: Path, token: str) -> tuple[Daemon, str
     first = time.perf_counter() - t0
     d.wait_event("ready", 5)
     return d, api, {"first_completion_s": first}
+
+
+#: The gate's limits in both gate phases: every completion is checked (rate) and, with Redis, also takes a slot of
+#: the cluster-wide cap in the same script and gives it back after; the numbers are high enough never to refuse.
+GATE_LIMITS = ["--rate-limit-rpm", "1000000000", "--rate-limit-streams", "1000"]
+
+
+def start_redis(procs: Procs, tmp: Path) -> str | None:
+    """Debian's redis-server on a free port (nothing on disk); None when it is not installed."""
+    binary = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/sbin")
+    if binary is None:
+        return None
+    port = free_port()
+    p = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp / "redis.log").open("w"),
+        cwd=tmp,
+    )
+    procs.popens.append(p)
+
+    def pong() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    until(pong, 10, "redis-server")
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def start_client(procs: Procs, tmp: Path, token: str, name: str, *extra: str) -> str:
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    d = Daemon(["--client", "--join", token, "--port", str(port), *meshd_common(tmp, name), *extra], tmp)
+    procs.daemons.append(d)
+    d.wait_event("ready", 30)
+    body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    until(lambda: http_json(api + "/v1/chat/completions", body, timeout=2)[0] == 200, 30, f"{name}'s first completion")
+    return api
+
+
+def gate_phase(procs: Procs, tmp: Path, token: str, n: int) -> dict[str, Any]:
+    """Latency through two clients with the same limits: in-process gate vs the Redis-backed one."""
+    url = start_redis(procs, tmp)
+    if url is None:
+        return {"skipped": "redis-server is not installed (apt-get install redis-server)"}
+    local = start_client(procs, tmp, token, "gate-local", *GATE_LIMITS)
+    shared = start_client(
+        procs, tmp, token, "gate-redis", *GATE_LIMITS, "--redis", url, "--max-inflight-global", "1000000"
+    )
+    lat = loadgen("latency", "--url", local, "--url", shared, "--n", str(n), "--warmup", str(n // 10), "--rounds", "4")
+    in_process, redis = lat["latency"]
+    return {
+        "in_process": in_process,
+        "redis": redis,
+        "added_p50_ms": redis["p50_ms"] - in_process["p50_ms"],
+        "added_p99_ms": redis["p99_ms"] - in_process["p99_ms"],
+        "redis_calls_per_request": 2,  # the admit script (rate check + cluster-wide slot), the slot given back
+    }
 
 
 def litellm_bin() -> Path | None:
@@ -553,6 +613,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         res["concurrent"] = conc
         res["transport"] = quic_bench(20 if args.quick else 50, 1000)
+        res["gate"] = {"skipped": "--no-redis"} if args.no_redis else gate_phase(procs, tmp, token, n // 2)
         res["goals"] = goals(res)
 
         missed = {k for k, g in res["goals"].items() if not g["pass"]}
@@ -711,6 +772,16 @@ def table(res: dict[str, Any]) -> str:
                 f"QUIC {name:12s}: RTT {t['rtt_us']:.0f} us (64 B x 1000), {t['mb_per_s']:.1f} MB/s one stream, "
                 f"peak RSS {t['peak_rss_mb']:.0f} MB"
             )
+    gate = res.get("gate", {})
+    if "skipped" in gate:
+        add(f"gate with --redis: not measured ({gate['skipped']})")
+    elif gate:
+        loc, red = gate["in_process"], gate["redis"]
+        add(
+            f"gate with --redis (one admit script + one release per completion, Redis on 127.0.0.1): p50 "
+            f"{red['p50_ms']:.3f} ms vs {loc['p50_ms']:.3f} ms in-process (+{gate['added_p50_ms']:.3f} ms), "
+            f"p99 {red['p99_ms']:.3f} vs {loc['p99_ms']:.3f} ms (+{gate['added_p99_ms']:.3f} ms)"
+        )
     add("")
     add("goals:")
     for name, g in res["goals"].items():
@@ -738,6 +809,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer requests and 200 streams (a smoke run)")
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--no-redis", action="store_true", help="leave out the Redis-backed gate's row")
     parser.add_argument("--profile-all", action="store_true", help="profile latency, streaming and 1,000 streams")
     parser.add_argument("--out", default=str(BENCH / "results" / "latest.json"))
     args = parser.parse_args()

@@ -1,6 +1,7 @@
 """The ``meshd`` command.
 
 * ``meshd demo|discover|status [options]`` run the sub-commands of :mod:`meshd.commands`;
+* ``meshd keys add|revoke|list --redis URL`` manages the API key set in Redis (:mod:`meshd.shared.keyscli`);
 * ``meshd [options]`` runs the daemon: ``twistd --nodaemon --pidfile= meshd [options]`` (foreground, no pid
   file), exactly as before the sub-commands existed.
 
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-COMMANDS = ("demo", "discover", "status")
+COMMANDS = ("demo", "discover", "status", "keys")
 
 #: The arguments of the dropin's ``ServiceMaker`` (twisted/plugins/meshd_plugin.py; a test keeps them equal).
 SERVICE_MAKER = (
@@ -37,6 +38,10 @@ def _command(name: str) -> Callable[[Sequence[str]], int]:
         from meshd.commands.discover import main as discover
 
         return discover
+    if name == "keys":
+        from meshd.shared.keyscli import main as keys
+
+        return keys
     from meshd.commands.status import main as status
 
     return status

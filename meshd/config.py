@@ -66,6 +66,21 @@ class Config:
     api_keys_file: Path | None = None
     metrics: bool = False
     cors_origins: tuple[str, ...] = ("*",)
+    #: ``--redis URL``: limits, leases and keys shared by several API processes through Redis (meshd.shared).
+    #: Its password makes it a secret: kept out of the repr like the keys.
+    redis_url: str | None = attrs.field(default=None, repr=False)
+    redis_prefix: str = "meshd"
+    #: Seconds one Redis call may take (then the fail-open/closed policy decides).
+    redis_timeout: float = 0.25
+    #: ``--redis-keys``: also accept the keys of the key set in Redis (``meshd keys``).
+    redis_keys: bool = False
+    #: ``open`` or ``closed``: what limits and key checks do when Redis does not answer.
+    redis_limits_fail: str = "open"
+    redis_keys_fail: str = "closed"
+    #: Seconds a concurrency lease lives in Redis unless renewed (a crashed machine's slots free after this).
+    redis_lease_ttl: float = 30.0
+    #: ``--max-inflight-global``: API requests in flight across every process sharing the Redis (0 = off).
+    max_inflight_global: int = 0
     #: ``--console-token``: lets non-loopback callers use the console's admin routes (``POST /api/join``, and
     #: ``POST /api/chat`` with API keys on); a secret, so kept out of the repr like the keys.
     console_token: str | None = attrs.field(default=None, repr=False)

@@ -20,7 +20,7 @@ from meshd import __version__
 #: Distinct model label values ever created (beyond this, models are counted as "other").
 MAX_MODEL_LABELS = 64
 #: Reasons for a request refused by the gate.
-REJECTION_REASONS = ("auth", "rate_limit_requests", "rate_limit_streams", "busy")
+REJECTION_REASONS = ("auth", "rate_limit_requests", "rate_limit_streams", "busy", "redis_unavailable")
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -60,7 +60,8 @@ class Metrics:
         )
         self.rejections = Counter(
             "meshd_rejections",
-            "Requests refused by the gate: auth (401), rate_limit_requests and rate_limit_streams (429), busy (503).",
+            "Requests refused by the gate: auth (401), rate_limit_requests and rate_limit_streams (429), busy (503), "
+            "redis_unavailable (503: shared limits or keys that fail closed).",
             ["reason"],
             registry=self.registry,
         )
@@ -120,6 +121,9 @@ class _LiveCollector:
         queued = GaugeMetricFamily("meshd_queued_requests", "API requests waiting for an in-flight slot.")
         queued.add_metric([], float(gate.concurrency.queued if gate is not None else 0))
         yield queued
+        shared = getattr(gate, "shared", None)
+        if shared is not None:
+            yield from shared.metric_families()
         tunnelled = GaugeMetricFamily("meshd_tunnelled_requests", "Requests being tunnelled to mesh hosts.")
         tunnelled.add_metric([], float(node.inflight_requests))
         yield tunnelled

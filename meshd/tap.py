@@ -63,10 +63,13 @@ from meshd.protocol.token import decode_token  # noqa: E402
 from meshd.relay.client import canonical_relay_url  # noqa: E402
 from meshd.relay.home import DEFAULT_RELAYS  # noqa: E402
 from meshd.relay.server import RelayServerConfig, RelayServerService  # noqa: E402
+from meshd.shared.scripts import PREFIX_RE as REDIS_PREFIX  # noqa: E402
+from meshd.shared.scripts import BadRedisURL  # noqa: E402
+from meshd.shared.scripts import check_url as check_redis_url  # noqa: E402
 from meshd.tunnel import Backend  # noqa: E402
 from meshd.web.api import APIApp  # noqa: E402
 from meshd.web.console import ConsoleApp  # noqa: E402
-from meshd.web.gate import GateService  # noqa: E402
+from meshd.web.gate import Gate, GateService  # noqa: E402
 from meshd.web.listen import TCPListenService  # noqa: E402
 
 EXIT_USAGE = 2
@@ -112,6 +115,7 @@ class Options(usage.Options):
         ["no-relay", None, "Use no iroh relay (direct UDP only; peers behind NAT become unreachable)."],
         ["no-nostr", None, "Never contact a Nostr relay (no --auto, --publish or discover panel)."],
         ["relay-server", None, "Run only an iroh-compatible relay server (see --relay-port)."],
+        ["redis-keys", None, "Also accept the API keys of the key set in Redis (meshd keys add|revoke|list)."],
     ]
     optParameters = [
         ["port", None, str(DEFAULT_API_PORT), "OpenAI-compatible API port (0 = any free port)."],
@@ -149,6 +153,19 @@ class Options(usage.Options):
         ["rate-limit-streams", None, "0", "Concurrent streaming requests per caller (0 = off)."],
         ["api-keys-file", None, None, "File of API keys, one a line, # comments; re-read on SIGHUP."],
         ["console-token", None, None, "Admin token: non-loopback callers of POST /api/join need it as a Bearer."],
+        [
+            "redis",
+            None,
+            None,
+            "Share limits (and keys) with other API processes through this Redis: redis:// or rediss:// URL, "
+            "with password (default $MESHD_REDIS_URL).",
+        ],
+        ["redis-prefix", None, "meshd", "Prefix of meshd's keys in Redis (several deployments can share one)."],
+        ["redis-timeout", None, "0.25", "Seconds one Redis call may take before the fail policy decides."],
+        ["redis-limits-fail", None, "open", "Redis down or slow: open (this process's own limits) or closed (503)."],
+        ["redis-keys-fail", None, "closed", "Redis key set unreadable: closed (503) or open (the last set read)."],
+        ["redis-lease-ttl", None, "30", "Seconds a concurrency slot held in Redis lives unless renewed."],
+        ["max-inflight-global", None, "0", "API requests in flight across all processes sharing --redis (0 = off)."],
         ["relay-port", None, "3340", "--relay-server: TCP port of the relay (plain HTTP; put TLS in front)."],
         ["relay-address", None, "0.0.0.0", "--relay-server: address the relay binds."],
     ]
@@ -406,6 +423,7 @@ class Options(usage.Options):
             if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/")):
                 raise usage.UsageError(f"--cors-origin must be * or scheme://host[:port], got {origin!r}")
         return {
+            **self._redis_options(count),
             "max_inflight": count("max-inflight"),
             "queue_timeout": queue_timeout,
             "max_queue": max_queue,
@@ -416,6 +434,45 @@ class Options(usage.Options):
             "api_keys_file": keys_file,
             "metrics": bool(self["metrics"]),
             "cors_origins": origins,
+        }
+
+    def _redis_options(self, count: Any) -> dict[str, Any]:
+        url = self["redis"] or os.environ.get("MESHD_REDIS_URL") or None
+        global_cap = count("max-inflight-global")
+
+        def seconds(flag: str, low: float, high: float) -> float:
+            try:
+                value = float(self[flag])
+            except ValueError:
+                raise usage.UsageError(f"--{flag} must be a number of seconds, got {self[flag]!r}") from None
+            if not low < value <= high:
+                raise usage.UsageError(f"--{flag} must be more than {low:g} and at most {high:g} seconds")
+            return value
+
+        for flag in ("redis-limits-fail", "redis-keys-fail"):
+            if self[flag] not in ("open", "closed"):
+                raise usage.UsageError(f"--{flag} must be open or closed, got {self[flag]!r}")
+        if url is None:
+            if self["redis-keys"]:
+                raise usage.UsageError("--redis-keys needs --redis URL (or MESHD_REDIS_URL)")
+            if global_cap:
+                raise usage.UsageError("--max-inflight-global needs --redis URL (or MESHD_REDIS_URL)")
+        else:
+            try:
+                url = check_redis_url(url)
+            except BadRedisURL as e:
+                raise usage.UsageError(f"--redis: {e}") from None
+        if not REDIS_PREFIX.match(self["redis-prefix"]):
+            raise usage.UsageError("--redis-prefix must be 1-64 of A-Z a-z 0-9 . _ -")
+        return {
+            "redis_url": url,
+            "redis_prefix": self["redis-prefix"],
+            "redis_timeout": seconds("redis-timeout", 0.0, 10.0),
+            "redis_keys": bool(self["redis-keys"]),
+            "redis_limits_fail": self["redis-limits-fail"],
+            "redis_keys_fail": self["redis-keys-fail"],
+            "redis_lease_ttl": seconds("redis-lease-ttl", 0.0, 3600.0),
+            "max_inflight_global": global_cap,
         }
 
 
@@ -531,7 +588,11 @@ def build_service(config: Config, reactor: Any) -> Any:
         discovery = Discovery(reactor, node, make_pool=lambda: RelayPool(reactor, list(config.nostr_relays)))
         extra.append(("discovery", discovery))
     node.relay_status = discovery.relay_status
-    api_app = APIApp(node, reactor)
+    shared = _shared_gate(config, reactor)
+    if shared is not None:
+        node.status_extras["redis"] = shared.status
+        extra.append(("redis", shared))
+    api_app = APIApp(node, reactor, gate=Gate.from_config(config, reactor, shared=shared))
     extra.append(("gate", GateService(reactor, api_app.gate)))
     api_site = api_app.site()
     console_app = ConsoleApp(
@@ -554,6 +615,27 @@ def build_service(config: Config, reactor: Any) -> Any:
         svc.setName(name)
         svc.setServiceParent(top)
     return top
+
+
+def _shared_gate(config: Config, reactor: Any) -> Any:
+    """``--redis``: the link and the shared limits and keys (meshd.shared), else None (redis is not imported)."""
+    if config.redis_url is None:
+        return None
+    from meshd.shared.link import RedisLink
+    from meshd.shared.policy import Policy, SharedGate
+
+    link = RedisLink(reactor, config.redis_url, timeout=config.redis_timeout, prefix=config.redis_prefix)
+    return SharedGate(
+        link,
+        reactor,
+        rate_limit_rpm=config.rate_limit_rpm,
+        rate_limit_streams=config.rate_limit_streams,
+        max_inflight_global=config.max_inflight_global,
+        lease_ttl=config.redis_lease_ttl,
+        limits_fail=Policy(config.redis_limits_fail),
+        keys=config.redis_keys,
+        keys_fail=Policy(config.redis_keys_fail),
+    )
 
 
 def makeService(options: Options) -> IService:

@@ -376,7 +376,7 @@ class ConsoleApp:
 
     def _keys_required(self) -> bool:
         config = self.node.config
-        return bool(config.api_keys) or config.api_keys_file is not None
+        return bool(config.api_keys) or config.api_keys_file is not None or config.redis_keys
 
     @app.route("/api/chat", methods=["POST"], branch=True)
     async def chat(self, request: Any) -> bytes:

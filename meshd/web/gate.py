@@ -8,6 +8,11 @@ else), bypass of ``/health``, ``/ready`` and ``/metrics``, API key (401), reques
 concurrent streams per caller (429), the process-wide in-flight cap (queue, then 503). It writes one
 ``event="access"`` log line and one metrics observation per request when the response ends.
 
+With ``--redis`` the gate also holds a ``meshd.shared.policy.SharedGate``: its per-caller limits, leases
+and key set live in Redis, shared by every API process using it; those checks are Deferreds, so ``render``
+answers such requests asynchronously (``NOT_DONE_YET``), as it does for queued ones. Without it nothing
+here waits on anything.
+
 The console's chat proxy passes the key check with ``Gate.console_credential``: a random secret made
 per process, handed in memory to the console, sent only over loopback in ``x-meshd-console``, accepted
 only from a loopback peer on ``/v1/chat/completions``, removed from every request before anything
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -39,6 +45,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from meshd.concurrency import Admission, ConcurrencyLimiter
+from meshd.shared.keys import UNAVAILABLE, Unavailable
 from meshd.web.errors import json_body, openai_error
 from meshd.web.origin import is_loopback
 
@@ -46,6 +53,7 @@ if TYPE_CHECKING:
     from meshd.config import Config
     from meshd.metrics import Metrics
     from meshd.node import Node
+    from meshd.shared.policy import Lease, SharedGate
 
 _log = Logger()
 
@@ -361,11 +369,18 @@ class CORSPolicy:
 
 
 def readiness(
-    node_state: str, models: Iterable[str], own_models: Iterable[str] = (), backend_problem: str | None = None
+    node_state: str,
+    models: Iterable[str],
+    own_models: Iterable[str] = (),
+    backend_problem: str | None = None,
+    shared_problem: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """``/ready``: 200 when joined with at least one routable model, or when this host's own backend
     serves a model (a host that started its own mesh is ready alone); else 503 with the reason (a host's
-    own backend being down comes first: it is what the operator can fix)."""
+    own backend being down comes first: it is what the operator can fix). A Redis the gate cannot work
+    without (``shared_problem``: fail-closed keys or limits) makes it 503 before anything else."""
+    if shared_problem is not None:
+        return 503, {"status": "not_ready", "reason": shared_problem, "node_state": node_state}
     own = sorted(set(own_models))
     names = sorted(set(models) | set(own))
     if own:
@@ -385,7 +400,11 @@ def ready_response(request: IRequest, node: Node) -> bytes:
     problem = None
     if backend is not None and not backend["healthy"]:
         problem = f"backend {backend['url']} is down: {backend['last_error'] or 'no answer yet'}"
-    code, payload = readiness(node.state.value, node.mesh.routable_models(), own, problem)
+    redis = node.status_extras["redis"]() if "redis" in node.status_extras else None
+    shared_problem = redis["ready_problem"] if redis is not None else None
+    code, payload = readiness(node.state.value, node.mesh.routable_models(), own, problem, shared_problem)
+    if redis is not None:
+        payload["redis"] = {k: redis[k] for k in ("state", "since", "last_error")}
     request.setHeader(b"cache-control", b"no-cache")
     return json_body(request, code, payload)
 
@@ -444,6 +463,8 @@ class _Exchange:
     sent: int = 0
     holds_slot: bool = False
     holds_stream: bool = False
+    stream_lease: Lease | None = None
+    global_lease: Lease | None = None
     queued_token: int | None = None
     queue_timer: Any = None
     done: bool = False
@@ -466,21 +487,27 @@ class Gate:
         cors_origins: Iterable[str] = ("*",),
         metrics: Metrics | None = None,
         console_credential: str | None = None,
+        shared: SharedGate | None = None,
     ) -> None:
         self.clock = clock
         #: The console's proxy credential (module docstring); never logged, never in a response.
         self.console_credential = console_credential or secrets.token_urlsafe(32)
         self.keys = keys or APIKeys()
         self.concurrency = ConcurrencyLimiter(max_inflight, queue_timeout, max_queue)
-        self.requests = RequestRateLimiter(rate_limit_rpm) if rate_limit_rpm > 0 else None
-        self.streams = StreamLimiter(rate_limit_streams) if rate_limit_streams > 0 else None
+        #: Limits and keys in Redis (``--redis``); it then holds the per-caller limits (and their fallbacks).
+        self.shared = shared
+        local = shared is None
+        self.requests = RequestRateLimiter(rate_limit_rpm) if rate_limit_rpm > 0 and local else None
+        self.streams = StreamLimiter(rate_limit_streams) if rate_limit_streams > 0 and local else None
         self.trust_proxy = trust_proxy
         self.cors = CORSPolicy(cors_origins)
         self.metrics = metrics
         self._next_token = 0
 
     @classmethod
-    def from_config(cls, config: Config, clock: Any, metrics: Metrics | None = None) -> Gate:
+    def from_config(
+        cls, config: Config, clock: Any, metrics: Metrics | None = None, shared: SharedGate | None = None
+    ) -> Gate:
         return cls(
             clock,
             keys=APIKeys(config.api_keys, config.api_keys_file),
@@ -492,6 +519,7 @@ class Gate:
             trust_proxy=config.trust_proxy,
             cors_origins=config.cors_origins,
             metrics=metrics,
+            shared=shared,
         )
 
     def now(self) -> float:
@@ -501,16 +529,38 @@ class Gate:
         self._next_token += 1
         return self._next_token
 
+    @property
+    def keys_required(self) -> bool:
+        """Keys from the flags or file, or the key set in Redis (``--redis-keys``)."""
+        return self.keys.required or (self.shared is not None and self.shared.keys is not None)
+
+    def check_key(self, presented: str | None) -> Any:
+        """The key id of ``presented`` (flags and file first, then Redis), None if unknown, or UNAVAILABLE
+        when only Redis could tell and it cannot (fail-closed)."""
+        kid = self.keys.check(presented)
+        if kid is not None or self.shared is None:
+            return kid
+        return self.shared.check_key(presented)
+
     def status(self) -> dict[str, Any]:
-        """The ``gate`` section of ``/api/status``."""
+        """The ``gate`` section of ``/api/status`` (the ``redis`` section is the shared gate's own)."""
+        shared = self.shared
+        keys = self.keys.count
+        rpm = self.requests.rpm if self.requests else 0
+        streams = self.streams.max_streams if self.streams else 0
+        if shared is not None:
+            keys += shared.keys.count if shared.keys is not None else 0
+            rpm = shared.requests.rpm if shared.requests is not None else 0
+            streams = shared.max_streams
         return {
             "inflight": self.concurrency.inflight,
             "queued": self.concurrency.queued,
             "max_inflight": self.concurrency.max_inflight,
             "queue_timeout": self.concurrency.queue_timeout,
-            "rate_limit_rpm": self.requests.rpm if self.requests else 0,
-            "rate_limit_streams": self.streams.max_streams if self.streams else 0,
-            "api_keys": self.keys.count if self.keys.required else None,
+            "rate_limit_rpm": rpm,
+            "rate_limit_streams": streams,
+            "api_keys": keys if self.keys_required else None,
+            "shared": shared is not None,
         }
 
     def is_console(self, presented: bytes | None, peer: str, path: str) -> bool:
@@ -522,8 +572,10 @@ class Gate:
         return hmac.compare_digest(presented, self.console_credential.encode())
 
     def describe_keys(self) -> str:
-        if not self.keys.required:
+        if not self.keys_required:
             return "API open: no keys configured"
+        if self.shared is not None and self.shared.keys is not None:
+            return f"API keys required ({self.keys.count} keys, and the key set in Redis)"
         return f"API keys required ({self.keys.count} keys)"
 
 
@@ -570,28 +622,25 @@ class GateResource(Resource):
         if path in BYPASS_PATHS:
             return self.wrapped.render(request)
 
-        if gate.keys.required and gate.is_console(console_credential, str(peer), path):
+        keys_required = gate.keys_required
+        if keys_required and gate.is_console(console_credential, str(peer), path):
             ex.key_id = CONSOLE_KEY_ID
             ex.caller = CONSOLE_KEY_ID
             request.requestHeaders.removeHeader(b"authorization")
-        elif gate.keys.required:
-            kid = gate.keys.check(bearer_token(request.getHeader(b"authorization")))
+        elif keys_required:
+            kid = gate.check_key(bearer_token(request.getHeader(b"authorization")))
+            if kid is UNAVAILABLE:
+                return self._unavailable(request)
             if kid is None:
                 # Failed attempts spend the client address's bucket: guessing keys is rate limited too.
+                if gate.shared is not None and gate.shared.requests is not None:
+                    return self._run_async(request, self._shared_denied(request, ex, "ip:" + ip))
                 if gate.requests is not None:
                     decision = gate.requests.check("ip:" + ip, gate.now())
                     if not decision.allowed:
                         return self._rate_limited(request, decision)
                     self._rate_headers(request, decision)
-                self._reject("auth")
-                return openai_error(
-                    request,
-                    401,
-                    "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
-                    "invalid_request_error",
-                    code="invalid_api_key",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
+                return self._denied(request)
             ex.key_id = kid
             ex.caller = "key:" + kid
             # The key is for this gate: never forward it through the tunnel to a mesh host.
@@ -606,6 +655,8 @@ class GateResource(Resource):
             ex.model, ex.stream = inspect_body(body)
         ex.model_label = gate.metrics.model_label(ex.model) if gate.metrics is not None else "other"
 
+        if gate.shared is not None:
+            return self._run_async(request, self._shared_admit(request, ex, path))
         now = gate.now()
         if gate.requests is not None:
             decision = gate.requests.check(ex.caller, now)
@@ -614,18 +665,13 @@ class GateResource(Resource):
             self._rate_headers(request, decision)
         if ex.stream and gate.streams is not None:
             if not gate.streams.acquire(ex.caller):
-                self._reject("rate_limit_streams")
-                return openai_error(
-                    request,
-                    429,
-                    f"Rate limit reached on concurrent streams: limit {gate.streams.max_streams}. "
-                    "Please try again when one of your streams has finished.",
-                    "requests",
-                    code="rate_limit_exceeded",
-                    headers={"Retry-After": "1"},
-                )
+                return self._streams_limited(request, gate.streams.max_streams)
             ex.holds_stream = True
+        return self._admit_local(request, ex, path, now)
 
+    def _admit_local(self, request: IRequest, ex: _Exchange, path: str, now: float) -> Any:
+        """This process's in-flight cap (with its queue), then the app."""
+        gate = self.gate
         if path in LOCAL_PATHS:
             return self.wrapped.render(request)
         token = gate.token()
@@ -640,6 +686,108 @@ class GateResource(Resource):
         self._waiting[token] = (request, ex)
         ex.queue_timer = gate.clock.callLater(max(0.0, deadline - now), self._expire)
         return NOT_DONE_YET
+
+    # -- shared limits (--redis) -----------------------------------------------------------------
+
+    def _run_async(self, request: IRequest, coro: Any) -> Any:
+        """Finish a request's checks in ``coro`` (it sends the answer itself); the gate answers later."""
+        d: Deferred[None] = Deferred.fromCoroutine(coro)
+        d.addErrback(self._async_failed, request)
+        return NOT_DONE_YET
+
+    def _async_failed(self, failure: Failure, request: IRequest) -> None:
+        _log.failure("API gate failed", failure=failure, event="api_error")
+        if not getattr(request, "startedWriting", False):
+            _send(request, openai_error(request, 500, "internal error", "server_error", code="internal_error"))
+
+    async def _shared_denied(self, request: IRequest, ex: _Exchange, caller: str) -> None:
+        shared = self.gate.shared
+        assert shared is not None
+        decision = await shared.check_rate(caller)
+        if ex.done:
+            return
+        if not isinstance(decision, RateDecision):
+            _send(request, self._unavailable(request))
+            return
+        if not decision.allowed:
+            _send(request, self._rate_limited(request, decision))
+            return
+        self._rate_headers(request, decision)
+        _send(request, self._denied(request))
+
+    async def _shared_admit(self, request: IRequest, ex: _Exchange, path: str) -> None:
+        """The shared checks in one Redis call (rate, a stream slot, a cluster-wide slot), then this process's cap."""
+        shared = self.gate.shared
+        assert shared is not None
+        got = await shared.admit(ex.caller, stream=ex.stream, inflight=path not in LOCAL_PATHS)
+        if ex.done:  # the caller left while Redis answered: give back what it got
+            for lease in got.leases():
+                shared.release(lease)
+            return
+        rate, stream, inflight = got.rate, got.stream, got.inflight
+        if isinstance(rate, Unavailable):
+            _send(request, self._unavailable(request))
+            return
+        if rate is not None:
+            if not rate.allowed:
+                _send(request, self._rate_limited(request, rate))
+                return
+            self._rate_headers(request, rate)
+        if isinstance(stream, Unavailable) or isinstance(inflight, Unavailable):
+            for lease in got.leases():
+                shared.release(lease)
+            _send(request, self._unavailable(request))
+            return
+        if stream is None:
+            _send(request, self._streams_limited(request, shared.max_streams))
+            return
+        if inflight is None:
+            if stream.kind != "none":
+                shared.release(stream)
+            self._reject("busy")
+            _send(request, self._busy(request, shared.max_inflight_global, "across the cluster"))
+            return
+        ex.stream_lease = stream if stream.kind != "none" else None
+        ex.global_lease = inflight if inflight.kind != "none" else None
+        result = self._admit_local(request, ex, path, self.gate.now())
+        if result is not NOT_DONE_YET:
+            _send(request, result)
+
+    def _unavailable(self, request: IRequest) -> bytes:
+        self._reject("redis_unavailable")
+        return openai_error(
+            request,
+            503,
+            "server busy: the shared limits store does not answer; retry shortly",
+            "server_error",
+            code="server_busy",
+            headers={"Retry-After": str(BUSY_RETRY_AFTER)},
+        )
+
+    # -- answers --------------------------------------------------------------------------------
+
+    def _denied(self, request: IRequest) -> bytes:
+        self._reject("auth")
+        return openai_error(
+            request,
+            401,
+            "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
+            "invalid_request_error",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    def _streams_limited(self, request: IRequest, limit: int) -> bytes:
+        self._reject("rate_limit_streams")
+        return openai_error(
+            request,
+            429,
+            f"Rate limit reached on concurrent streams: limit {limit}. "
+            "Please try again when one of your streams has finished.",
+            "requests",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": "1"},
+        )
 
     def _rate_headers(self, request: IRequest, decision: RateDecision) -> None:
         for header, text in decision.headers().items():
@@ -660,11 +808,12 @@ class GateResource(Resource):
 
     # -- queue ----------------------------------------------------------------------------------
 
-    def _busy(self, request: IRequest) -> bytes:
+    def _busy(self, request: IRequest, limit: int | None = None, where: str = "") -> bytes:
+        n = self.gate.concurrency.max_inflight if limit is None else limit
         return openai_error(
             request,
             503,
-            f"server busy: {self.gate.concurrency.max_inflight} requests in flight; retry shortly",
+            f"server busy: {n} requests in flight{' ' + where if where else ''}; retry shortly",
             "server_error",
             code="server_busy",
             headers={"Retry-After": str(BUSY_RETRY_AFTER)},
@@ -740,6 +889,11 @@ class GateResource(Resource):
                 ex.queue_timer.cancel()
         if ex.holds_stream and self.gate.streams is not None:
             self.gate.streams.release(ex.caller)
+        shared = self.gate.shared
+        for lease in (ex.stream_lease, ex.global_lease):
+            if lease is not None and shared is not None:
+                shared.release(lease)
+        ex.stream_lease = ex.global_lease = None
         status = int(getattr(request, "code", 200)) if completed else CLIENT_CLOSED
         end = self.gate.now()
         duration = end - ex.start
