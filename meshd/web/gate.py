@@ -44,6 +44,7 @@ from meshd.web.origin import is_loopback
 
 if TYPE_CHECKING:
     from meshd.config import Config
+    from meshd.host import BackendWatch
     from meshd.metrics import Metrics
     from meshd.node import Node
 
@@ -379,12 +380,12 @@ def readiness(
     return 200, {"status": "ready", "node_state": node_state, "models": names}
 
 
-def ready_response(request: IRequest, node: Node) -> bytes:
+def ready_response(request: IRequest, node: Node, backend: BackendWatch | None = None) -> bytes:
+    """``/ready`` of ``node``; ``backend``: a host's backend watch (its backend being down comes first)."""
     own = node.hosted_models if node.serves_locally(None) else ()
-    backend = node.status_extras["backend"]() if "backend" in node.status_extras else None
     problem = None
-    if backend is not None and not backend["healthy"]:
-        problem = f"backend {backend['url']} is down: {backend['last_error'] or 'no answer yet'}"
+    if backend is not None and not backend.healthy:
+        problem = f"backend {backend.backend.url} is down: {backend.last_error or 'no answer yet'}"
     code, payload = readiness(node.state.value, node.mesh.routable_models(), own, problem)
     request.setHeader(b"cache-control", b"no-cache")
     return json_body(request, code, payload)
