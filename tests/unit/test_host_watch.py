@@ -154,12 +154,12 @@ def watched(answers: dict[bytes, Any]) -> tuple[Node, BackendWatch, Canned]:
 
 
 def test_the_watch_keeps_what_the_backend_says_and_the_status_shows_it() -> None:
-    node, watch, backend = watched({b"/v1/models": LLAMA_MODELS, b"/props": LLAMA_PROPS})
+    node, watch, backend = watched({b"/v1/models": LLAMA_MODELS, b"/props": {**LLAMA_PROPS, "total_slots": 8}})
     assert not watch.polled and StatusView(node, backend=watch).status()["node_state"] == "loading"
     watch.poll()
     assert watch.polled and node.hosted_models == ("tiny",)
     assert watch.local_models() == [LocalModel("tiny", 256, 512, 64, 0.000166, False, False, False)]
-    assert watch.backend.max_inflight == 4  # /props total_slots, as before
+    assert (watch.backend.max_inflight, watch.backend.limit_source) == (8, "llama-server /props")  # as before
     status = StatusView(node, backend=watch).status()
     assert (status["node_state"], status["serving_models"], status["llama_ready"]) == ("serving", ["tiny"], True)
     assert status["runtime"]["n_ctx"] == 256 and status["runtime"]["backend"] == "openai-compatible"
@@ -181,3 +181,11 @@ def test_a_backend_that_goes_down_forgets_its_facts_and_stands_by() -> None:
     assert node.hosted_models == () and watch.model_facts == {} and watch.props == PropsFacts()
     status = StatusView(node, backend=watch).status()
     assert (status["node_state"], status["node_status"], status["llama_ready"]) == ("standby", "Standby", False)
+
+
+def test_without_total_slots_the_length_of_slots_is_the_limit() -> None:
+    props = {k: v for k, v in LLAMA_PROPS.items() if k != "total_slots"}
+    _, watch, _ = watched({b"/v1/models": LLAMA_MODELS, b"/props": props, b"/slots": [{}] * 6})
+    watch.poll()
+    assert (watch.backend.max_inflight, watch.backend.limit_source) == (6, "llama-server /slots")
+    assert watch.props == PropsFacts(vision=False, audio=False, tools=False)
