@@ -147,6 +147,7 @@ class StatusView:
         demand = {d.model_name: d for d in node.mesh.live_demand(now)}
         warm = {m.name: m for m in self.models()}
         peers = node.mesh.peers
+        routes = node.mesh.routable_models()
         out: list[dict[str, Any]] = []
         for name in sorted(set(warm) | set(demand)):
             model = warm.get(name)
@@ -155,11 +156,7 @@ class StatusView:
                 "display_name": model.public_id if model is not None else name,
                 "status": "warm" if model is not None and model.hosts else "cold",
                 "node_count": model.hosts if model is not None else 0,
-                "mesh_vram_gb": round(
-                    sum(peers[p].info.vram_bytes for p in node.mesh.routable_models().get(name, ()) if p in peers)
-                    / 1e9,
-                    2,
-                ),
+                "mesh_vram_gb": round(sum(peers[p].info.vram_bytes for p in routes.get(name, ())) / 1e9, 2),
                 "size_gb": 0.0,
             }
             if model is not None:

@@ -414,6 +414,9 @@ def request_model(
     the proxy read from ``body``; ``local`` is this host's own served models."""
     if model is None or not isinstance(parsed, dict):
         return model, body
+    local = tuple(local)
+    if model in local or model in mesh.routable_models():
+        return model, body  # a served name (the usual case): nothing to compute
     served = served_name(model, known_models(mesh, local))
     if served is None or served == model:
         return model, body
