@@ -1,21 +1,28 @@
 """Host role: watch the OpenAI-compatible backend and hand TUNNEL_HTTP streams to it.
 
 A model counts as hosted only while the backend answers ``GET /v1/models``; the names are the
-backend's, or the ``--model`` names when given.
+backend's, or the ``--model`` names when given. What the backend says about its models is kept too
+(bounded, for ``/v1/models`` and ``/api/status``): llama-server's ``/v1/models`` entries carry ``meta``
+(``n_ctx``, ``n_ctx_train``, ``n_embd``, ``n_params``) and ``architecture.input_modalities``; its ``/props``
+(read when the backend comes up or its models change) has ``modalities`` and
+``chat_template_caps.supports_tools``. Other backends' answers without these fields just leave them unknown.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import treq
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from meshd.mesh.models import LocalModel
 from meshd.node import Node
 from meshd.quic import MeshConnection, QuicStream
 from meshd.tunnel import Backend, HostTunnel
@@ -27,6 +34,124 @@ MAX_MODELS_BODY = 1024 * 1024
 MAX_PROPS_BODY = 4 * 1024 * 1024
 #: A backend limit learned from the backend is kept within this.
 MAX_LEARNED_SLOTS = 256
+#: Models taken from one ``/v1/models`` answer, and the longest name kept.
+MAX_BACKEND_MODELS = 256
+MAX_MODEL_NAME = 512
+#: Numbers a backend reports are believed only within these bounds (else unknown).
+MAX_CONTEXT = 1 << 32
+MAX_PARAMS = 10**15
+
+
+def _count(value: Any, limit: int) -> int | None:
+    """A positive integer up to ``limit`` (JSON booleans and floats are not counts)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= limit:
+        return value
+    return None
+
+
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+@attrs.frozen
+class ModelFacts:
+    """What one ``/v1/models`` entry says about a model (None: not said)."""
+
+    context_length: int | None = None
+    native_context_length: int | None = None
+    embedding_size: int | None = None
+    parameter_count_b: float | None = None
+    vision: bool | None = None
+    audio: bool | None = None
+
+
+@attrs.frozen
+class PropsFacts:
+    """What llama-server's ``/props`` says about the model it serves (None: not said)."""
+
+    vision: bool | None = None
+    audio: bool | None = None
+    tools: bool | None = None
+
+
+def parse_model_list(data: Any) -> tuple[tuple[str, ...], dict[str, ModelFacts]]:
+    """The model names of a ``GET /v1/models`` answer (at most 256, names cut to 512 characters) and
+    what each entry says about its model. Raises nothing: entries of any other shape are skipped."""
+    entries = data.get("data", []) if isinstance(data, dict) else []
+    if not isinstance(entries, list):
+        entries = []
+    names: list[str] = []
+    facts: dict[str, ModelFacts] = {}
+    for entry in entries[:MAX_BACKEND_MODELS]:
+        if not isinstance(entry, dict) or not entry.get("id"):
+            continue
+        name = str(entry["id"])[:MAX_MODEL_NAME]
+        names.append(name)
+        meta = entry.get("meta")
+        meta = meta if isinstance(meta, dict) else {}
+        arch = entry.get("architecture")
+        inputs = arch.get("input_modalities") if isinstance(arch, dict) else None
+        modalities = {m for m in inputs if isinstance(m, str)} if isinstance(inputs, list) else None
+        params = _count(meta.get("n_params"), MAX_PARAMS)
+        facts.setdefault(
+            name,
+            ModelFacts(
+                context_length=_count(meta.get("n_ctx"), MAX_CONTEXT),
+                native_context_length=_count(meta.get("n_ctx_train"), MAX_CONTEXT),
+                embedding_size=_count(meta.get("n_embd"), MAX_CONTEXT),
+                parameter_count_b=None if params is None else round(params / 1e9, 6),
+                vision=None if modalities is None else "image" in modalities,
+                audio=None if modalities is None else "audio" in modalities,
+            ),
+        )
+    return tuple(names), facts
+
+
+def _slots(data: Any) -> int | None:
+    """Requests a llama-server serves at once: ``/props`` ``total_slots``, or the length of ``/slots``."""
+    slots = data.get("total_slots") if isinstance(data, dict) else len(data) if isinstance(data, list) else None
+    return _count(slots, MAX_LEARNED_SLOTS)
+
+
+def parse_props(data: Any) -> PropsFacts:
+    """The capabilities llama-server's ``/props`` reports (anything else: nothing known)."""
+    if not isinstance(data, dict):
+        return PropsFacts()
+    modalities = data.get("modalities")
+    modalities = modalities if isinstance(modalities, dict) else {}
+    caps = data.get("chat_template_caps")
+    caps = caps if isinstance(caps, dict) else {}
+    return PropsFacts(
+        vision=_flag(modalities.get("vision")),
+        audio=_flag(modalities.get("audio")),
+        tools=_flag(caps.get("supports_tools")),
+    )
+
+
+def local_models(
+    hosted: tuple[str, ...], backend_names: tuple[str, ...], facts: Mapping[str, ModelFacts], props: PropsFacts
+) -> list[LocalModel]:
+    """What this host knows about each model it hosts. A hosted name that the backend does not list
+    (``--model`` renames) takes the facts of the backend's only model, if it has one; ``/props`` speaks
+    for a backend that serves one model only."""
+    single = backend_names[0] if len(backend_names) == 1 else None
+    out = []
+    for name in hosted:
+        f = facts.get(name) or (facts.get(single) if single is not None else None) or ModelFacts()
+        p = props if single is not None else PropsFacts()
+        out.append(
+            LocalModel(
+                name=name,
+                context_length=f.context_length,
+                native_context_length=f.native_context_length,
+                embedding_size=f.embedding_size,
+                parameter_count_b=f.parameter_count_b,
+                vision=p.vision if p.vision is not None else f.vision,
+                audio=p.audio if p.audio is not None else f.audio,
+                tools=p.tools,
+            )
+        )
+    return out
 
 
 class BackendWatch(Service):
@@ -52,9 +177,17 @@ class BackendWatch(Service):
         self._known: tuple[bool, tuple[str, ...]] | None = None
         self.last_error: str | None = None
         self.backend_models: tuple[str, ...] = ()
+        #: What the backend's ``/v1/models`` entries and ``/props`` say (see the module docstring).
+        self.model_facts: dict[str, ModelFacts] = {}
+        self.props = PropsFacts()
         self._loop: LoopingCall | None = None
         self._inflight_poll: Deferred[Any] | None = None
         node.tunnel_handler = self.tunnel_for
+
+    @property
+    def polled(self) -> bool:
+        """Has the backend answered (or failed) a poll yet?"""
+        return self._known is not None
 
     def tunnel_for(self, conn: MeshConnection | None, stream: QuicStream) -> HostTunnel:
         peer = conn.remote_id.hex()[:10] if conn is not None and conn.remote_id else "local"
@@ -88,13 +221,13 @@ class BackendWatch(Service):
                 raise ValueError(f"GET /v1/models answered {resp.code}")
             if len(body) > MAX_MODELS_BODY:
                 raise ValueError("model list too large")
-            data = json.loads(body)
-            entries = data.get("data", []) if isinstance(data, dict) else []
-            names = tuple(str(m["id"])[:512] for m in entries[:256] if isinstance(m, dict) and m.get("id"))
+            names, facts = parse_model_list(json.loads(body))
             came_up = not self.healthy
+            changed = names != self.backend_models
+            self.model_facts = facts
             self._update(True, names, None)
-            if came_up and self.backend.limit_source != "flag":
-                await self._learn_limit()
+            if came_up or changed:
+                await self._read_props(learn_limit=came_up and self.backend.limit_source != "flag")
 
         d = Deferred.fromCoroutine(run())
         self._inflight_poll = d
@@ -109,23 +242,39 @@ class BackendWatch(Service):
         d.addBoth(done)
         return d
 
-    async def _learn_limit(self) -> None:
-        """How many requests the backend serves at once, where it says (llama-server: ``/props``
-        ``total_slots``, else the length of ``/slots``); nothing changes when it does not."""
-        base = self.backend.url.rstrip("/")
-        for path, source in (("/props", "llama-server /props"), ("/slots", "llama-server /slots")):
-            try:
-                resp = await self._http.get(base + path, timeout=POLL_TIMEOUT, reactor=self._reactor)
-                body = await resp.content()
-                if resp.code != 200 or len(body) > MAX_PROPS_BODY:
-                    continue
-                data = json.loads(body)
-            except Exception:  # not llama-server, or it did not answer: keep the default
-                continue
-            slots = data.get("total_slots") if isinstance(data, dict) else len(data) if isinstance(data, list) else None
-            if isinstance(slots, int) and not isinstance(slots, bool) and 1 <= slots <= MAX_LEARNED_SLOTS:
-                self.backend.learned_limit(slots, source)
-                return
+    async def _get_json(self, path: str) -> Any:
+        """``path`` of the backend as JSON, or None (not there, too large, not JSON, no answer)."""
+        try:
+            url = self.backend.url.rstrip("/") + path
+            resp = await self._http.get(url, timeout=POLL_TIMEOUT, reactor=self._reactor)
+            body = await resp.content()
+            if resp.code != 200 or len(body) > MAX_PROPS_BODY:
+                return None
+            return json.loads(body)
+        except CancelledError:
+            raise  # the watch is stopping
+        except Exception:  # not llama-server, or it did not answer
+            return None
+
+    async def _read_props(self, learn_limit: bool) -> None:
+        """llama-server's ``/props``: the model's capabilities, and (``learn_limit``) how many requests the
+        backend serves at once (``total_slots``, else the length of ``/slots``); nothing changes when the
+        backend does not say."""
+        props = await self._get_json("/props")
+        was, self.props = self.props, parse_props(props)
+        if self.props != was:
+            self.node.notify_changed()
+        if not learn_limit:
+            return
+        slots, source = _slots(props), "llama-server /props"
+        if slots is None:
+            slots, source = _slots(await self._get_json("/slots")), "llama-server /slots"
+        if slots is not None:
+            self.backend.learned_limit(slots, source)
+
+    def local_models(self) -> list[LocalModel]:
+        """What the backend says about each model this host serves now (none while it is down)."""
+        return local_models(self.node.hosted_models, self.backend_models, self.model_facts, self.props)
 
     def _update(self, healthy: bool, names: tuple[str, ...], error: str | None) -> None:
         hosted = tuple((self.fixed_models or names) if healthy else ())
@@ -134,6 +283,8 @@ class BackendWatch(Service):
         self.healthy = healthy
         self.last_error = error
         self.backend_models = names
+        if not healthy:
+            self.model_facts, self.props = {}, PropsFacts()
         self.node.set_hosted_models(hosted)
         if was == self._known:
             return

@@ -21,7 +21,6 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from meshd import __version__
 from meshd.config import Config, Role
 from meshd.control import STREAM_PROTOCOL_ERROR, Discard, FrameReader, InboundStream, gossip_round_trip, reply_frame
 from meshd.control import send_oneway as _send_oneway
@@ -91,9 +90,6 @@ class NodeState(Enum):
     STANDALONE = "standalone"  # no mesh: nothing to join, or every attempt failed
 
 
-RelayStatus = Callable[[], list[dict[str, Any]]]
-
-
 class JoinError(Exception):
     """A token could not be joined."""
 
@@ -140,7 +136,6 @@ class Node(Service):
         self.api_port: int | None = None
         self.console_port: int | None = None
         self.token: str | None = None
-        self.relay_status: RelayStatus = list
         self.inflight_requests = 0
         self.endpoint: QuicEndpoint | None = None
         self.conns: dict[bytes, MeshConnection] = {}
@@ -151,8 +146,6 @@ class Node(Service):
         self.hosted_models: tuple[str, ...] = ()
         self.tunnel_handler: Callable[[MeshConnection | None, QuicStream], Any] | None = None
         self.on_change: list[Callable[[], None]] = []
-        #: Extra ``/api/status`` sections (e.g. ``backend`` on a host), computed on demand.
-        self.status_extras: dict[str, Callable[[], Any]] = {}
         self._loops: list[LoopingCall] = []
         self._pending: set[Deferred[Any]] = set()
         self._dialing: dict[bytes, list[Deferred[MeshConnection]]] = {}
@@ -941,68 +934,6 @@ class Node(Service):
         near, far = pipe(self._reactor)
         far.set_receiver(self.tunnel_handler(None, far))  # type: ignore[arg-type]
         return near
-
-    # -- status ---------------------------------------------------------------------------------
-
-    def peer_rows(self) -> list[dict[str, Any]]:
-        now = self.now()
-        rows = []
-        for pid, entry in sorted(self.mesh.peers.items()):
-            conn = self.conns.get(pid)
-            rtt = None
-            path: str | None = None
-            relay_url: str | None = None
-            if conn is not None and conn.is_connected:
-                rtt = round(conn.stats().rtt_smoothed * 1000, 2)
-                path, relay_url = self.relay.path_of(conn) if self.relay is not None else ("direct", None)
-            info = entry.info
-            rows.append(
-                {
-                    "id": entry.info.addr.short_id,
-                    "endpoint_id": pid.hex(),
-                    "role": info.role.value.capitalize(),
-                    "models": list(info.served_models),
-                    "serving_models": list(info.serving_models),
-                    "hosted_models": list(info.hosted_models),
-                    "version": info.version,
-                    "vram_gb": round(info.vram_bytes / 1e9, 2),
-                    "rtt_ms": rtt,
-                    "connected": conn is not None and conn.is_connected,
-                    "path": path,
-                    "relay_url": relay_url,
-                    "last_seen_secs_ago": round(now - entry.last_heard(), 1),
-                    "hostname": info.hardware.hostname,
-                    "mesh_id": info.mesh_id,
-                }
-            )
-        return rows
-
-    def status(self) -> dict[str, Any]:
-        """The ``/api/status`` payload; keys follow mesh-llm's StatusPayload where it has them."""
-        is_client = self.is_client
-        return {
-            "version": __version__,
-            "node_id": self.identity.short_id,
-            "endpoint_id": self.identity.endpoint_id,
-            "token": self.token,
-            "role": self.config.role.value,
-            "node_status": "Client" if is_client else "Serving",
-            "node_state": self.state.value,
-            "is_client": is_client,
-            "is_host": not is_client,
-            "api_port": self.api_port,
-            "console_port": self.console_port,
-            "quic_address": self.quic_address(),
-            "uptime_secs": round(self.uptime, 3),
-            "peers": self.peer_rows(),
-            "mesh_id": self.mesh.mesh_id,
-            "mesh_name": self.mesh_name,
-            "hosted_models": list(self.hosted_models),
-            "inflight_requests": self.inflight_requests,
-            "headless": self.config.headless,
-            "nostr_discovery": self.relay_status(),
-            "iroh_relay": self.relay.status() if self.relay is not None else None,
-        } | {key: fn() for key, fn in self.status_extras.items()}
 
 
 def _drop(stream: QuicStream) -> None:

@@ -66,6 +66,7 @@ from meshd.relay.server import RelayServerConfig, RelayServerService  # noqa: E4
 from meshd.shared.scripts import PREFIX_RE as REDIS_PREFIX  # noqa: E402
 from meshd.shared.scripts import BadRedisURL  # noqa: E402
 from meshd.shared.scripts import check_url as check_redis_url  # noqa: E402
+from meshd.status import StatusView  # noqa: E402
 from meshd.tunnel import Backend  # noqa: E402
 from meshd.web.api import APIApp  # noqa: E402
 from meshd.web.console import ConsoleApp  # noqa: E402
@@ -564,16 +565,16 @@ def build_service(config: Config, reactor: Any) -> Any:
         identity = Identity.generate()
     node = Node(config, identity, reactor)
     extra: list[tuple[str, Any]] = []
-    backend: Backend | None = None
+    watch: BackendWatch | None = None
     if config.role is Role.HOST:
         assert config.serve_url is not None
         backend = Backend(reactor, config.serve_url, config.backend_max_inflight, config.backend_queue_timeout)
         watch = BackendWatch(reactor, node, backend, config.models)
-        node.status_extras["backend"] = watch.status
         extra.append(("backend", watch))
     # Nostr only where the role needs it: always connected for --auto and --publish, on demand (the
     # console's discover panel) otherwise, never with --no-nostr.
     discovery: Discovery
+    publisher: Publisher | None = None
     if config.no_nostr:
         discovery = Discovery(reactor, node)
         extra.append(("discovery", discovery))
@@ -582,25 +583,22 @@ def build_service(config: Config, reactor: Any) -> Any:
         discovery = Discovery(reactor, node, pool)
         discovery.setServiceParent(pool)
         if config.publish:
-            Publisher(reactor, pool, lambda: listing_for(node), state_dir=config.state_dir).setServiceParent(pool)
+            publisher = Publisher(reactor, pool, lambda: listing_for(node), state_dir=config.state_dir)
+            publisher.setServiceParent(pool)
         extra.append(("discovery", pool))
     else:
         discovery = Discovery(reactor, node, make_pool=lambda: RelayPool(reactor, list(config.nostr_relays)))
         extra.append(("discovery", discovery))
-    node.relay_status = discovery.relay_status
     shared = _shared_gate(config, reactor)
     if shared is not None:
-        node.status_extras["redis"] = shared.status
         extra.append(("redis", shared))
-    api_app = APIApp(node, reactor, gate=Gate.from_config(config, reactor, shared=shared))
+    api_app = APIApp(node, reactor, gate=Gate.from_config(config, reactor, shared=shared), backend=watch)
     extra.append(("gate", GateService(reactor, api_app.gate)))
     api_site = api_app.site()
-    console_app = ConsoleApp(
-        node,
-        discovery,
-        api_credential=api_app.gate.console_credential,
-        backend_stats=None if backend is None else backend.stats,
+    status = StatusView(
+        node, gate=api_app.gate, proxy=api_app.proxy, backend=watch, discovery=discovery, publisher=publisher
     )
+    console_app = ConsoleApp(node, discovery, api_credential=api_app.gate.console_credential, status=status)
     console_app.metrics = api_app.metrics
     console_site = console_app.site()
     api = TCPListenService(reactor, config.interface, config.api_port, api_site)

@@ -8,9 +8,14 @@ from typing import Any
 import pytest
 from twisted.logger import LogLevel, globalLogPublisher
 
-# Real parts for integration tests: llama-server with a tiny model, real Nostr relays, and the real
-# mesh-llm 0.76 client (its Node SDK in a Debian 13 chroot).
-pytest_plugins = ["tests.integration.backend", "tests.integration.relays", "tests.integration.mesh_sdk"]
+# Real parts for integration tests: llama-server with a tiny model, real Nostr relays, the real
+# mesh-llm 0.76 client (its Node SDK in a Debian 13 chroot) and mesh-llm 0.76's console (from that package).
+pytest_plugins = [
+    "tests.integration.backend",
+    "tests.integration.relays",
+    "tests.integration.mesh_sdk",
+    "tests.integration.console076",
+]
 
 
 class LoggedErrors:

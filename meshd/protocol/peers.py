@@ -10,6 +10,7 @@ announcement (``proto_ann_to_local``), including its ingest caps on model-name l
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -24,14 +25,18 @@ __all__ = [
     "EXCLUDED_DEMAND_MODELS",
     "MAX_REMOTE_MODEL_LIST_LEN",
     "MAX_REMOTE_MODEL_NAME_BYTES",
+    "CapabilityLevel",
     "DemandEntry",
     "GpuInfo",
     "HardwareInfo",
     "InferenceAdmission",
     "LatencySource",
+    "ModelCapabilities",
     "ModelRuntime",
+    "ModelSourceKind",
     "PeerInfo",
     "Role",
+    "ServedModel",
     "build_gossip_frame",
     "build_peer_down",
     "build_peer_leaving",
@@ -102,6 +107,73 @@ class DemandEntry:
     request_count: int
 
 
+class CapabilityLevel(enum.IntEnum):
+    """How sure a host is that a model has a capability (``CapabilityLevel``)."""
+
+    UNSPECIFIED = node_pb2.CAPABILITY_LEVEL_UNSPECIFIED
+    NONE = node_pb2.CAPABILITY_LEVEL_NONE
+    LIKELY = node_pb2.CAPABILITY_LEVEL_LIKELY
+    SUPPORTED = node_pb2.CAPABILITY_LEVEL_SUPPORTED
+
+
+class ModelSourceKind(enum.IntEnum):
+    """Where a served model comes from (``ModelSourceKind``): it decides the model's public id."""
+
+    UNSPECIFIED = node_pb2.MODEL_SOURCE_KIND_UNSPECIFIED
+    CATALOG = node_pb2.MODEL_SOURCE_KIND_CATALOG
+    HUGGING_FACE = node_pb2.MODEL_SOURCE_KIND_HUGGING_FACE
+    LOCAL_GGUF = node_pb2.MODEL_SOURCE_KIND_LOCAL_GGUF
+    DIRECT_URL = node_pb2.MODEL_SOURCE_KIND_DIRECT_URL
+    UNKNOWN = node_pb2.MODEL_SOURCE_KIND_UNKNOWN
+
+
+@attrs.frozen
+class ModelCapabilities:
+    """A descriptor's ``ModelCapabilities`` (levels outside the enum read as NONE)."""
+
+    vision: CapabilityLevel = CapabilityLevel.NONE
+    audio: CapabilityLevel = CapabilityLevel.NONE
+    reasoning: CapabilityLevel = CapabilityLevel.NONE
+    tool_use: CapabilityLevel = CapabilityLevel.NONE
+    multimodal: bool = False
+    moe: bool = False
+
+
+#: ``ServedModelMetadata`` fields kept from a descriptor (strings, then numbers), as mesh-llm's
+#: ``/v1/models`` ``metadata`` names them.
+METADATA_TEXT_FIELDS = ("architecture", "parameter_size", "quant", "tokenizer")
+METADATA_NUMBER_FIELDS = (
+    "parameter_count_b",
+    "native_context_length",
+    "layer_count",
+    "embedding_size",
+    "head_count",
+    "kv_head_count",
+    "expert_count",
+    "active_expert_count",
+)
+#: Text in a descriptor (refs, file names, metadata) longer than this is dropped, like a model name.
+MAX_DESCRIPTOR_TEXT_BYTES = MAX_REMOTE_MODEL_NAME_BYTES
+
+
+@attrs.frozen
+class ServedModel:
+    """One ``ServedModelDescriptor`` of a peer: what it serves under ``model_name`` and where that model
+    comes from (the identity decides its public id, MESH_PROTOCOL_076.md §9.1)."""
+
+    model_name: str
+    source_kind: ModelSourceKind = ModelSourceKind.UNSPECIFIED
+    canonical_ref: str | None = None
+    repository: str | None = None
+    revision: str | None = None
+    artifact: str | None = None
+    #: Whether ``capabilities`` was filled in by the host (else it says nothing).
+    capabilities_known: bool = False
+    capabilities: ModelCapabilities = ModelCapabilities()
+    #: ``ServedModelMetadata`` as ``(field, value)`` pairs (only the fields that are set).
+    metadata: tuple[tuple[str, str | float | int], ...] = ()
+
+
 @attrs.frozen
 class ModelRuntime:
     model_name: str
@@ -169,6 +241,15 @@ class PeerInfo:
     latency_source: LatencySource | None = None
     latency_age_ms: int | None = None
     latency_observer_id: bytes | None = None
+    #: The peer's ``served_model_descriptors`` (bounded like the model-name lists).
+    served_descriptors: tuple[ServedModel, ...] = ()
+
+    def descriptor(self, model: str) -> ServedModel | None:
+        """The peer's descriptor of ``model`` (the first one naming it)."""
+        for d in self.served_descriptors:
+            if d.model_name == model:
+                return d
+        return None
 
     @property
     def accepts_remote_inference(self) -> bool:
@@ -251,6 +332,69 @@ def _descriptor_models(ann: node_pb2.PeerAnnouncement) -> tuple[str, ...]:
     return cap_model_names(identity.model_name for identity in ann.served_model_identities if identity.model_name)
 
 
+def _short_text(message: object, field: str) -> str | None:
+    value = _opt_str(message, field)
+    if value is None or len(value.encode("utf-8")) > MAX_DESCRIPTOR_TEXT_BYTES:
+        return None
+    return value
+
+
+def _level(value: int) -> CapabilityLevel:
+    level = _enum_or_none(CapabilityLevel, value)
+    return level if isinstance(level, CapabilityLevel) else CapabilityLevel.NONE
+
+
+def _served_model(d: node_pb2.ServedModelDescriptor) -> ServedModel | None:
+    identity = d.identity
+    name = identity.model_name
+    if not name or len(name.encode("utf-8")) > MAX_REMOTE_MODEL_NAME_BYTES:
+        return None
+    kind = _enum_or_none(ModelSourceKind, identity.source_kind)
+    caps = d.capabilities
+    metadata: list[tuple[str, str | float | int]] = []
+    if d.HasField("metadata"):
+        for field in METADATA_TEXT_FIELDS:
+            text = _short_text(d.metadata, field)
+            if text is not None:
+                metadata.append((field, text))
+        for field in METADATA_NUMBER_FIELDS:
+            number = _opt(d.metadata, field)
+            if isinstance(number, float) and not math.isfinite(number):
+                continue
+            if isinstance(number, int | float):
+                metadata.append((field, number))
+    return ServedModel(
+        model_name=name,
+        source_kind=kind if isinstance(kind, ModelSourceKind) else ModelSourceKind.UNKNOWN,
+        canonical_ref=_short_text(identity, "canonical_ref"),
+        repository=_short_text(identity, "repository"),
+        revision=_short_text(identity, "revision"),
+        artifact=_short_text(identity, "artifact"),
+        capabilities_known=d.capabilities_known if d.HasField("capabilities_known") else False,
+        capabilities=ModelCapabilities(
+            vision=_level(caps.vision),
+            audio=_level(caps.audio),
+            reasoning=_level(caps.reasoning),
+            tool_use=_level(caps.tool_use),
+            multimodal=caps.multimodal,
+            moe=caps.moe,
+        ),
+        metadata=tuple(metadata),
+    )
+
+
+def _served_descriptors(ann: node_pb2.PeerAnnouncement) -> tuple[ServedModel, ...]:
+    # Bounded like the model-name lists: descriptors with a name over 512 bytes are dropped, at most 256 kept.
+    out: list[ServedModel] = []
+    for d in ann.served_model_descriptors:
+        model = _served_model(d) if d.HasField("identity") else None
+        if model is not None:
+            out.append(model)
+            if len(out) == MAX_REMOTE_MODEL_LIST_LEN:
+                break
+    return tuple(out)
+
+
 def peer_info_from_announcement(ann: node_pb2.PeerAnnouncement) -> PeerInfo:
     """Convert a validated announcement (32-byte ``endpoint_id``) into a :class:`PeerInfo`."""
     if len(ann.endpoint_id) != ENDPOINT_ID_BYTES:
@@ -309,6 +453,7 @@ def peer_info_from_announcement(ann: node_pb2.PeerAnnouncement) -> PeerInfo:
         ),
         latency_age_ms=ann.latency_age_ms if ann.HasField("latency_age_ms") else None,
         latency_observer_id=_observer_id(ann),
+        served_descriptors=_served_descriptors(ann),
     )
 
 

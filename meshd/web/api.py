@@ -1,14 +1,15 @@
 """The OpenAI-compatible front door (``--port``, default 9337).
 
-``GET /v1/models`` is answered locally from the mesh state; every other path is tunnelled to a
-host that serves the request's model (``meshd.web.proxy``). Errors use OpenAI's envelope.
+``GET /v1/models`` is answered locally from the mesh state in mesh-llm 0.76's shape (public ids,
+capabilities, ``metadata``, the virtual ``mesh`` entry: ``meshd.mesh.models``); every other path is
+tunnelled to a host that serves the request's model (``meshd.web.proxy``). Errors use OpenAI's envelope.
 Every request passes the gate first (``meshd.web.gate``: keys, rate limits, in-flight cap, CORS,
 access log); ``/health``, ``/ready`` and ``/metrics`` bypass keys and limits.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klein import Klein
 from twisted.logger import Logger
@@ -17,6 +18,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from meshd.httpwire import openai_error_body
+from meshd.mesh.models import LocalModel, mesh_models, models_list
 from meshd.metrics import Metrics
 from meshd.node import Node
 from meshd.web.errors import json_body, openai_error
@@ -24,13 +26,20 @@ from meshd.web.gate import Gate, GateResource, ready_response
 from meshd.web.http import HEADER_READ_TIMEOUT, LimitedSite
 from meshd.web.proxy import MeshProxy
 
+if TYPE_CHECKING:
+    from meshd.host import BackendWatch
+
 
 class APIApp:
     app = Klein()
     _log = Logger()
 
-    def __init__(self, node: Node, reactor: Any = None, gate: Gate | None = None) -> None:
+    def __init__(
+        self, node: Node, reactor: Any = None, gate: Gate | None = None, backend: BackendWatch | None = None
+    ) -> None:
+        """``backend``: a host's backend watch (what its own models can do, and ``/ready``)."""
         self.node = node
+        self.backend = backend
         clock = reactor if reactor is not None else node._reactor
         self.proxy = MeshProxy(node, clock, busy_wait=node.config.queue_timeout)
         self.metrics = Metrics(node, self.proxy) if node.config.metrics else None
@@ -38,7 +47,6 @@ class APIApp:
         if self.metrics is not None:
             self.gate.metrics = self.metrics
             self.metrics.gate = self.gate
-        node.status_extras["gate"] = self.gate.status
 
     def resource(self) -> Any:
         return GateResource(self.app.resource(), self.gate)
@@ -52,7 +60,7 @@ class APIApp:
 
     @app.route("/ready", methods=["GET", "HEAD"])
     def ready(self, request: IRequest) -> bytes:
-        return ready_response(request, self.node)
+        return ready_response(request, self.node, self.backend, self.gate.shared)
 
     @app.route("/metrics", methods=["GET"])
     def prometheus(self, request: IRequest) -> bytes:
@@ -66,23 +74,11 @@ class APIApp:
     @app.route("/v1/models", methods=["GET"])
     @app.route("/models", methods=["GET"])
     def models(self, request: IRequest) -> bytes:
-        routes = self.node.mesh.routable_models()
-        local = set(self.node.hosted_models)
-        data = []
-        for name in sorted(set(routes) | local):
-            hosts = len(routes.get(name, ())) + (1 if name in local else 0)
-            data.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "mesh-llm",
-                    "display_name": name,
-                    "capabilities": ["text"],
-                    "hosts": hosts,
-                }
-            )
-        return json_body(request, 200, {"object": "list", "data": data})
+        if self.backend is not None:
+            local = self.backend.local_models()
+        else:
+            local = [LocalModel(name) for name in self.node.hosted_models]
+        return json_body(request, 200, models_list(mesh_models(self.node.mesh, local)))
 
     @app.route("/", branch=True, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
     async def tunnel(self, request: IRequest) -> bytes:

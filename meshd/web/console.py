@@ -2,7 +2,8 @@
 
 Routes (MESH_PROTOCOL.md §7):
 
-* ``GET /health``, ``GET /api/status``, ``GET /api/models``, ``GET /api/discover``
+* ``GET /health``, ``GET /api/status`` (``meshd.status``), ``GET /api/models``, ``GET /api/discover``
+* ``GET /api/plugins``: ``[]`` (meshd runs no mesh-llm plugins; mesh-llm's own console asks for the list)
 * ``GET /api/events``: SSE of the status (``meshd.web.events``)
 * ``POST /api/chat[/...]``: proxied to this node's own API port as ``/v1/chat/completions[/...]``,
   streamed with backpressure; the upstream request is cancelled when the browser goes away. With API
@@ -22,9 +23,8 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -46,12 +46,15 @@ from meshd.metrics import Metrics
 from meshd.node import Node
 from meshd.protocol.errors import InvalidToken
 from meshd.protocol.token import decode_token
-from meshd.tunnel import BackendStats
+from meshd.status import StatusView
 from meshd.web.errors import console_error, json_body
 from meshd.web.events import EventHub, serve_events
 from meshd.web.gate import CONSOLE_CREDENTIAL_HEADER, ready_response
 from meshd.web.http import LimitedSite, abort_response, unregister_producer
 from meshd.web.origin import Provenance, is_json, is_loopback, names_loopback, provenance
+
+if TYPE_CHECKING:
+    from meshd.host import BackendWatch
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CONTENT_TYPES = {
@@ -83,33 +86,9 @@ _NOT_RELAYED = {
 }
 
 
-def mesh_models(node: Node, served: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
-    """``mesh_models`` of ``/api/status``: warm models with their hosts, plus demanded cold ones.
-
-    On a host, ``served`` is what its backend answered for the mesh per model (tunnel requests from
-    every client, this node's own API included); the rows of those models get ``served_count``.
-    """
-    now = node.now()
-    routes = node.mesh.routable_models()
-    local = set(node.hosted_models)
-    demand = {d.model_name: d for d in node.mesh.live_demand(now)}
-    out: list[dict[str, Any]] = []
-    for name in sorted(set(routes) | local | set(demand)):
-        count = len(routes.get(name, ())) + (1 if name in local else 0)
-        row: dict[str, Any] = {
-            "name": name,
-            "display_name": name,
-            "status": "warm" if count else "cold",
-            "node_count": count,
-        }
-        d = demand.get(name)
-        if d is not None:
-            row["request_count"] = d.request_count
-            row["last_active_secs_ago"] = max(0, int(now) - d.last_active)
-        if served is not None:
-            row["served_count"] = served.get(name, 0)
-        out.append(row)
-    return out
+def mesh_models(node: Node, backend: BackendWatch | None = None) -> list[dict[str, Any]]:
+    """``mesh_models`` of ``/api/models`` (see :meth:`meshd.status.StatusView.mesh_models`)."""
+    return StatusView(node, backend=backend).mesh_models()
 
 
 @implementer(IBodyProducer)
@@ -181,26 +160,23 @@ class ConsoleApp:
         agent: IAgent | None = None,
         static_dir: Path = STATIC_DIR,
         api_credential: str | None = None,
-        backend_stats: BackendStats | None = None,
+        status: StatusView | None = None,
     ) -> None:
         """``api_credential``: the API gate's console credential (``Gate.console_credential``), added to
-        every chat request this console proxies; ``backend_stats``: a host's backend counters, for the
-        served-request counts of ``mesh_models``."""
+        every chat request this console proxies; ``status``: what ``/api/status`` reports (the node and
+        its parts, ``meshd.status``; by default the node and ``discovery`` alone)."""
         self.node = node
         self.discovery = discovery
         self._reactor = reactor if reactor is not None else node._reactor
         self._agent = agent
         self.static_dir = static_dir
         self._api_credential = api_credential
-        self.events = EventHub(self._reactor, node.status)
+        self.status_view = status if status is not None else StatusView(node, discovery=discovery)
+        self.events = EventHub(self._reactor, self.status_view)
         node.on_change.append(self.events.changed)
-        self._backend_stats = backend_stats
-        if backend_stats is not None:
-            backend_stats.on_served.append(self.events.changed)
-        node.status_extras.setdefault("mesh_models", lambda: mesh_models(node, self._served()))
-
-    def _served(self) -> Mapping[str, int] | None:
-        return None if self._backend_stats is None else self._backend_stats.served
+        self._backend_stats = self.status_view.backend.backend.stats if self.status_view.backend is not None else None
+        if self._backend_stats is not None:
+            self._backend_stats.on_served.append(self.events.changed)
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -227,7 +203,7 @@ class ConsoleApp:
 
     @app.route("/ready", methods=["GET", "HEAD"])
     def ready(self, request: IRequest) -> bytes:
-        return ready_response(request, self.node)
+        return ready_response(request, self.node, self.status_view.backend)
 
     @app.route("/metrics", methods=["GET"])
     def prometheus(self, request: IRequest) -> bytes:
@@ -239,12 +215,18 @@ class ConsoleApp:
     @app.route("/api/status", methods=["GET"])
     def status(self, request: IRequest) -> bytes:
         request.setHeader(b"cache-control", b"no-cache")
-        return json_body(request, 200, self.node.status())
+        return json_body(request, 200, self.status_view())
 
     @app.route("/api/models", methods=["GET"])
     def models(self, request: IRequest) -> bytes:
         request.setHeader(b"cache-control", b"no-cache")
-        return json_body(request, 200, {"mesh_models": mesh_models(self.node, self._served())})
+        return json_body(request, 200, {"mesh_models": self.status_view.mesh_models()})
+
+    @app.route("/api/plugins", methods=["GET"])
+    def plugins(self, request: IRequest) -> bytes:
+        """No mesh-llm plugins run here; mesh-llm's console lists them (an empty list hides its plugin menu)."""
+        request.setHeader(b"cache-control", b"no-cache")
+        return json_body(request, 200, [])
 
     @app.route("/api/events", methods=["GET"])
     def events_route(self, request: IRequest) -> Deferred[None]:

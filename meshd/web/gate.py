@@ -51,6 +51,7 @@ from meshd.web.origin import is_loopback
 
 if TYPE_CHECKING:
     from meshd.config import Config
+    from meshd.host import BackendWatch
     from meshd.metrics import Metrics
     from meshd.node import Node
     from meshd.shared.policy import Lease, SharedGate
@@ -394,13 +395,16 @@ def readiness(
     return 200, {"status": "ready", "node_state": node_state, "models": names}
 
 
-def ready_response(request: IRequest, node: Node) -> bytes:
+def ready_response(
+    request: IRequest, node: Node, backend: BackendWatch | None = None, shared: SharedGate | None = None
+) -> bytes:
+    """``/ready`` of ``node``; ``backend``: a host's backend watch (its backend being down comes first);
+    ``shared``: the Redis-backed gate, whose fail-closed outage makes the node not ready."""
     own = node.hosted_models if node.serves_locally(None) else ()
-    backend = node.status_extras["backend"]() if "backend" in node.status_extras else None
     problem = None
-    if backend is not None and not backend["healthy"]:
-        problem = f"backend {backend['url']} is down: {backend['last_error'] or 'no answer yet'}"
-    redis = node.status_extras["redis"]() if "redis" in node.status_extras else None
+    if backend is not None and not backend.healthy:
+        problem = f"backend {backend.backend.url} is down: {backend.last_error or 'no answer yet'}"
+    redis = shared.status() if shared is not None else None
     shared_problem = redis["ready_problem"] if redis is not None else None
     code, payload = readiness(node.state.value, node.mesh.routable_models(), own, problem, shared_problem)
     if redis is not None:

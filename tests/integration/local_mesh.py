@@ -100,7 +100,9 @@ class Mesh:
         return api
 
     def wait_models(self, api: str, wanted: list[str], within: float = 60) -> None:
-        until(lambda: sorted(x["id"] for x in get_json(api + "/v1/models")["data"]) == sorted(wanted), within, "models")
+        """Until ``/v1/models`` lists exactly ``wanted`` (and the virtual ``mesh`` entry 0.76 adds to any list)."""
+        expected = sorted([*wanted, "mesh"]) if wanted else []
+        until(lambda: sorted(x["id"] for x in get_json(api + "/v1/models")["data"]) == expected, within, "models")
 
     def stop(self) -> None:
         for d in self.daemons:

@@ -27,6 +27,7 @@ from meshd.config import Config, Role
 from meshd.host import BackendWatch
 from meshd.identity import Identity
 from meshd.node import Node, NodeState
+from meshd.status import StatusView
 from meshd.tunnel import Backend
 from meshd.web.api import APIApp
 from meshd.web.console import ConsoleApp
@@ -181,7 +182,7 @@ async def test_burst_of_50_streams_against_max_inflight_5(tmp_path: Path, cleanu
     # Hold the backend until every request got its answer or its first byte: all 50 overlap.
     await wait_for(lambda: len(outcomes) == 45 and llm.started == 5, within=30)
     assert app.gate.concurrency.inflight == 5
-    assert client.status()["gate"]["inflight"] == 5
+    assert StatusView(client, gate=app.gate).status()["meshd"]["gate"]["inflight"] == 5
     llm.release()
     await aio(asyncio.gather(*tasks))
     served = [o for o in outcomes if o[0] == "served"]
@@ -253,7 +254,7 @@ async def test_keys_rate_limits_ready_and_metrics_through_the_sdk(tmp_path: Path
     assert limited.value.body["code"] == "rate_limit_exceeded"  # type: ignore[index]
     assert limited.value.body["type"] == "requests"  # type: ignore[index]
     # Per key: the flag key has its own bucket.
-    assert [m.id for m in (await aio(flag.models.list())).data] == ["tiny"]
+    assert [m.id for m in (await aio(flag.models.list())).data] == ["tiny", "mesh"]
 
     # Reload: sk-beta joins, sk-alpha leaves; the flag key stays.
     with pytest.raises(openai.AuthenticationError):

@@ -126,7 +126,7 @@ def test_llama_server_through_the_mesh(mesh: Mesh, llama_backend: LlamaBackend) 
 
     assert stream_text(mesh.api) == stream_text(mesh.direct[model])
     # the host took llama-server's own concurrency (its slots) as its backend limit
-    backend = get_json(mesh.consoles["llama"] + "/api/status")["backend"]
+    backend = get_json(mesh.consoles["llama"] + "/api/status")["meshd"]["backend"]
     assert (backend["max_inflight"], backend["max_inflight_source"]) == (4, "llama-server /props")
 
 

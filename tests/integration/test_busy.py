@@ -59,7 +59,7 @@ def burst(base: str, n: int) -> list[str | Exception]:
 def test_a_burst_of_20_streams_on_a_4_slot_host_all_complete(mesh: Mesh) -> None:
     outcomes = burst(mesh.api, 20)
     assert outcomes == [EXPECTED] * 20
-    backend = get_json(mesh.consoles["h"] + "/api/status")["backend"]
+    backend = get_json(mesh.consoles["h"] + "/api/status")["meshd"]["backend"]
     assert backend["max_inflight"] == 4 and backend["max_inflight_source"] == "default"
     assert backend["waited"] > 0  # the burst really was over the limit: some waited for a slot
     assert backend["inflight"] == 0 and backend["queued"] == 0

@@ -172,7 +172,7 @@ async def test_openai_sdk_models_chat_and_stream(tmp_path: Path, cleanup: list[A
     client, base = await start_client(tmp_path / "c", cleanup, (host.token or "",))
     sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
     models = await aio(sdk.models.list())
-    assert [m.id for m in models.data] == ["tiny"]
+    assert [m.id for m in models.data] == ["tiny", "mesh"]
     reply = await aio(
         sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], temperature=0)
     )
@@ -340,7 +340,7 @@ async def test_a_host_serves_its_own_models_on_its_own_api(tmp_path: Path, clean
     port = reactor.listenTCP(0, APIApp(host, reactor).site(), interface="127.0.0.1")
     cleanup.append(port)
     sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port.getHost().port}/v1", api_key="x", max_retries=0)
-    assert [m.id for m in (await aio(sdk.models.list())).data] == ["tiny"]
+    assert [m.id for m in (await aio(sdk.models.list())).data] == ["tiny", "mesh"]
     raw = await aio(
         sdk.chat.completions.with_raw_response.create(model="tiny", messages=[{"role": "user", "content": "a"}])
     )

@@ -35,6 +35,7 @@ from meshd.node import Node, NodeState
 from meshd.protocol.peers import Role as PeerRole
 from meshd.protocol.peers import build_self_announcement, peer_info_from_announcement
 from meshd.protocol.token import EndpointAddr
+from meshd.status import StatusView
 from meshd.web.api import APIApp
 from meshd.web.console import ConsoleApp
 from tests.integration.relays import RelayProcess, rust_relay_fixture  # noqa: F401  (fixture)
@@ -193,7 +194,6 @@ async def start_mesh(
         pool.startService()
         cleanup.append(pool)
         await pool.wait_settled(10)
-        client.relay_status = pool.status
         discovery = Discovery(reactor, client, pool)
     console = ConsoleApp(client, discovery, api_credential=api.gate.console_credential)
     console_port = reactor.listenTCP(0, console.site(), interface="127.0.0.1")
@@ -520,7 +520,7 @@ async def test_pages_of_other_sites_cannot_make_the_node_join(
         assert seen.of("console_join") == []
         status = json.loads(await (await treq.get(mesh.console_url + "/api/status")).content())
         assert status["mesh_id"] == own_mesh
-        assert evil.identity.endpoint_id not in [p["endpoint_id"] for p in status["peers"]]
+        assert evil.identity.endpoint_id not in [p["meshd"]["endpoint_id"] for p in status["peers"]]
         assert evil.mesh.peers == {}
         # Four POSTs reached the console (the preflighted one never did) and each was refused.
         refused = seen.of("console_refused")
@@ -642,8 +642,7 @@ async def test_a_host_dashboard_counts_requests_it_served_for_clients(
     tmp_path: Path, cleanup: list[Any], browser: Browser
 ) -> None:
     host, llm, watch = await start_host(tmp_path / "h", cleanup, "A")
-    host.status_extras["backend"] = watch.status  # as build_service wires a host
-    console = ConsoleApp(host, backend_stats=watch.backend.stats)
+    console = ConsoleApp(host, status=StatusView(host, backend=watch))  # as build_service wires a host
     port = reactor.listenTCP(0, console.site(), interface="127.0.0.1")
     cleanup.extend([port, console])
     _, base = await start_client(tmp_path / "c", cleanup, (host.token or "",))
@@ -663,7 +662,7 @@ async def test_a_host_dashboard_counts_requests_it_served_for_clients(
     # The open page follows: no reload.
     await aio(page.wait_for_function(f"{served_js()} === '100'"))
     assert await aio(page.locator("#models-table th.served-col").is_visible())
-    status = json.loads(await (await treq.get(f"http://127.0.0.1:{port.getHost().port}/api/status")).content())
+    status = json.loads(await (await treq.get(f"http://127.0.0.1:{port.getHost().port}/api/status")).content())["meshd"]
     assert status["backend"]["served"] == {"tiny": 100}
     assert [m["served_count"] for m in status["mesh_models"] if m["name"] == "tiny"] == [100]
     assert await aio(page.evaluate("performance.getEntriesByType('navigation').length")) == 1

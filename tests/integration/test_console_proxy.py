@@ -231,7 +231,7 @@ def test_daemons_console_chat_with_api_key_and_host_served_counts(tmp_path: Path
         daemons.append(client)
         ready = client.wait_event("ready", timeout=30)
         api, console = ready["api_url"], ready["console_url"]
-        _until(lambda: _http(console + "/api/status")[1]["mesh_models"], 30, "the client sees the model")
+        _until(lambda: _http(console + "/api/status")[1]["meshd"]["mesh_models"], 30, "the client sees the model")
         chat = json.dumps(CHAT).encode()
         code, reply = _http(console + "/api/chat", chat, {"Content-Type": "application/json", "Origin": console})
         assert code == 200, reply
@@ -246,7 +246,9 @@ def test_daemons_console_chat_with_api_key_and_host_served_counts(tmp_path: Path
         assert [(r["key_id"], r["path"]) for r in served] == [("console", "/v1/chat/completions")]
         # The host counted the request it served for the client.
         status = _until(
-            lambda: (s := _http(host_console + "/api/status")[1])["backend"]["served"] and s, 10, "served count"
+            lambda: (s := _http(host_console + "/api/status")[1]["meshd"])["backend"]["served"] and s,
+            10,
+            "served count",
         )
         assert status["backend"]["served"] == {"tiny": 1}
         assert [m["served_count"] for m in status["mesh_models"] if m["name"] == "tiny"] == [1]

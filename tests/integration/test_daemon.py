@@ -61,7 +61,7 @@ def test_client_with_dead_relay_stays_up_and_exits_on_sigterm(tmp_path: Path, da
     relay: dict = {}
     while time.monotonic() < deadline:
         _, st = http_json(console + "/api/status")
-        relays = st["nostr_discovery"]
+        relays = st["meshd"]["nostr_discovery"]
         assert [r["url"] for r in relays] == ["ws://127.0.0.1:9"]
         relay = relays[0]
         if relay["state"] == "failing":
@@ -69,7 +69,8 @@ def test_client_with_dead_relay_stays_up_and_exits_on_sigterm(tmp_path: Path, da
         time.sleep(0.2)
     assert relay["state"] == "failing", relay
     assert relay["last_error"]
-    assert st["node_state"] == "discovering"
+    assert st["meshd"]["node_state"] == "discovering"
+    assert (st["node_state"], st["nostr_discovery"]) == ("client", True)  # mesh-llm 0.76's keys: joins by Nostr
     assert st["is_client"] is True
     assert st["api_port"] == int(api.rsplit(":", 1)[1])
     # still up after the relay failed at least once
@@ -293,7 +294,8 @@ def test_a_joining_client_leaves_nostr_alone_and_logs_a_readable_story(tmp_path:
     daemons.append(client)
     ready = client.wait_event("ready")
     _, st = http_json(ready["console_url"] + "/api/status")
-    assert st["nostr_discovery"] == []  # no Nostr relay contacted: a joining client does not need one
+    assert st["meshd"]["nostr_discovery"] == []  # no Nostr relay contacted: a joining client does not need one
+    assert st["nostr_discovery"] is False
     off = Daemon(["--client", "--no-nostr", "--port", "0", "--console", "0"], cwd=tmp_path)
     daemons.append(off)
     off_ready = off.wait_event("ready")

@@ -84,7 +84,7 @@ def mesh(tmp_path: Path, rust_relay: RelayProcess, llama_backend: LlamaBackend) 
 
 def hosts_seen(console: str) -> list[str]:
     st = status(console)
-    return sorted(p["endpoint_id"] for p in st["peers"] if p["role"] == "Host" and "tiny" in p["models"])
+    return sorted(p["meshd"]["endpoint_id"] for p in st["peers"] if p["role"] == "Host" and "tiny" in p["models"])
 
 
 def test_client_auto_joins_and_serves_the_openai_api_with_faults(mesh: Mesh) -> None:
@@ -92,22 +92,22 @@ def test_client_auto_joins_and_serves_the_openai_api_with_faults(mesh: Mesh) -> 
     a_token = until(lambda: status(a_console)["token"], 10, "host A token")
     until(lambda: status(a_console)["hosted_models"] == ["tiny"], 20, "host A serving")
     b, _, b_console = mesh.start("b", "--serve", mesh.llama.url, "--join", a_token)
-    until(lambda: status(b_console)["node_state"] == "joined", 20, "host B joined A")
-    a_id, b_id = status(a_console)["endpoint_id"], status(b_console)["endpoint_id"]
+    until(lambda: status(b_console)["meshd"]["node_state"] == "joined", 20, "host B joined A")
+    a_id, b_id = status(a_console)["meshd"]["endpoint_id"], status(b_console)["meshd"]["endpoint_id"]
     # one mesh: B adopted A's mesh id and each sees the other's model
     assert status(b_console)["mesh_id"] == status(a_console)["mesh_id"]
     until(lambda: hosts_seen(a_console) == [b_id], 20, "A sees B")
 
     client, api, console = mesh.start("c", "--client", "--auto")
-    until(lambda: status(console)["node_state"] == "joined", 60, "client joined via Nostr")
+    until(lambda: status(console)["meshd"]["node_state"] == "joined", 60, "client joined via Nostr")
     until(lambda: hosts_seen(console) == sorted([a_id, b_id]), 30, "client sees both hosts")
     st = status(console)
     assert st["mesh_id"] == status(a_console)["mesh_id"]
-    assert [r["state"] for r in st["nostr_discovery"]] == ["up"]
+    assert [r["state"] for r in st["meshd"]["nostr_discovery"]] == ["up"]
 
     sdk = openai.OpenAI(base_url=api + "/v1", api_key="unused", max_retries=0, timeout=60)
     models = sdk.models.list()
-    assert [m.id for m in models.data] == ["tiny"]
+    assert [m.id for m in models.data] == ["tiny", "mesh"]
     reply = sdk.chat.completions.create(model="tiny", messages=MSGS, max_tokens=8, temperature=0)
     text = reply.choices[0].message.content
     assert text and text.isprintable()

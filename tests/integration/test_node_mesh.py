@@ -24,6 +24,7 @@ from meshd.protocol.streams import StreamType
 from meshd.protocol.token import decode_token
 from meshd.quic import QuicEndpoint
 from meshd.quic.testing import RecordingReceiver
+from meshd.status import StatusView
 from meshd.tunnel import Backend
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -128,9 +129,9 @@ async def test_client_joins_host_and_tunnels_a_request(tmp_path: Path, started: 
     # the host admitted the client through gossip
     await wait_for(lambda: client.identity.public_bytes in host.mesh.peers)
     assert host.mesh.peers[client.identity.public_bytes].info.role.value == "client"
-    rows = client.status()["peers"]
-    assert rows[0]["endpoint_id"] == host.identity.endpoint_id
-    assert rows[0]["models"] == ["tiny"] and rows[0]["connected"]
+    rows = StatusView(client).peer_rows()
+    assert rows[0]["meshd"]["endpoint_id"] == host.identity.endpoint_id
+    assert rows[0]["models"] == ["tiny"] and rows[0]["meshd"]["connected"]
     # a tunnelled request reaches the backend with Connection: close
     stream = await client.open_tunnel(host.identity.public_bytes)
     got: list[Any] = []

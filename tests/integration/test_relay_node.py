@@ -23,6 +23,7 @@ from meshd.identity import Identity
 from meshd.node import Node, NodeState
 from meshd.protocol.token import EndpointAddr, decode_token, encode_token
 from meshd.relay.client import canonical_relay_url
+from meshd.status import StatusView
 from meshd.tunnel import Backend
 from meshd.web.api import APIApp
 from tests.integration.relay_peers import relay_url, start_relay
@@ -93,12 +94,12 @@ async def test_client_completion_from_host_through_relay(tmp_path: Path, cleanup
     assert reply.choices[0].message.content == "w0 w1 w2 w3 w4 R"
     await aio(sdk.close())
 
-    rows = {r["endpoint_id"]: r for r in client.peer_rows()}
+    rows = {r["meshd"]["endpoint_id"]: r["meshd"] for r in StatusView(client).peer_rows()}
     row = rows[host.identity.endpoint_id]
     assert row["path"] == "relay" and row["relay_url"] == canonical_relay_url(url)
-    host_rows = {r["endpoint_id"]: r for r in host.peer_rows()}
+    host_rows = {r["meshd"]["endpoint_id"]: r["meshd"] for r in StatusView(host).peer_rows()}
     assert host_rows[client.identity.endpoint_id]["path"] == "relay"
-    status = client.status()["iroh_relay"]
+    status = StatusView(client).status()["meshd"]["iroh_relay"]
     assert status["home"] == canonical_relay_url(url)
     assert status["links"][0]["state"] == "up" and status["links"][0]["datagrams_in"] > 0
     assert relay.server.status()["metrics"]["datagrams_forwarded"] > 0

@@ -40,7 +40,7 @@ async def test_services_bind_port_zero_and_unbind(tmp_path: Path) -> None:
         assert json.loads(await resp.content()) == {"status": "ok"}
     resp = await treq.get(f"http://127.0.0.1:{console}/api/status", persistent=False)
     status = json.loads(await resp.content())
-    assert status["api_port"] == api and status["console_port"] == console
+    assert status["api_port"] == api and status["meshd"]["console_port"] == console
     await svc.stopService()
     for port in (api, console):
         with pytest.raises(ConnectionRefusedError):

@@ -137,7 +137,9 @@ def test_soak(mesh: Mesh) -> None:
 
     # back to the baseline: nothing in flight, descriptors closed, memory not grown
     for name in mesh.hosts:
-        until(lambda n=name: get_json(mesh.consoles[n] + "/api/status")["backend"]["inflight"] == 0, 30, "idle")
+        until(
+            lambda n=name: get_json(mesh.consoles[n] + "/api/status")["meshd"]["backend"]["inflight"] == 0, 30, "idle"
+        )
     for name, pid in procs.items():
         rss0, fds0 = baseline[name]
         until(lambda p=pid, f=fds0: open_fds(p) <= f + FD_SLACK, 30, f"{name} descriptors back to {fds0}")

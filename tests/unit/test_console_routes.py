@@ -13,10 +13,12 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from meshd.config import Role
+from meshd.host import BackendWatch
 from meshd.identity import Identity
 from meshd.node import Node
 from meshd.protocol.token import EndpointAddr, encode_token
-from meshd.tunnel import BackendStats
+from meshd.status import StatusView
+from meshd.tunnel import Backend, BackendStats
 from meshd.web.console import ConsoleApp, is_loopback, mesh_models
 
 from .test_web import _result, get, make_node
@@ -249,8 +251,8 @@ def test_mesh_models_counts_hosts_and_demand() -> None:
     assert rows["tiny"]["status"] == "warm" and rows["tiny"]["node_count"] == 1
     assert rows["tiny"]["request_count"] == 2 and rows["tiny"]["last_active_secs_ago"] == 30
     assert rows["wanted"]["status"] == "cold" and rows["wanted"]["node_count"] == 0
-    ConsoleApp(node)
-    assert [m["name"] for m in node.status()["mesh_models"]] == ["tiny", "wanted"]
+    status = json.loads(get(ConsoleApp(node), "/api/status")[2])
+    assert [m["name"] for m in status["meshd"]["mesh_models"]] == ["tiny", "wanted"]
 
 
 # -- cross-site requests (CSRF) and rebinding names -----------------------------------------------
@@ -371,15 +373,21 @@ def test_with_api_keys_the_chat_is_for_loopback_or_the_console_token() -> None:
         assert status_line(transport) == b"HTTP/1.1 503 Service Unavailable", peer
 
 
+def host_status(node: Node) -> tuple[StatusView, BackendStats]:
+    """What build_service gives a host's console: the status with its backend watch (no poll runs)."""
+    watch = BackendWatch(node._reactor, node, Backend(node._reactor, "http://127.0.0.1:1"))
+    return StatusView(node, backend=watch), watch.backend.stats
+
+
 def test_a_host_reports_what_its_backend_served_for_the_mesh() -> None:
     node = make_node(role=Role.HOST, serve_url="http://127.0.0.1:1")
     node.hosted_models = ("tiny", "idle")
-    stats = BackendStats()
-    app = ConsoleApp(node, backend_stats=stats)
+    status, stats = host_status(node)
+    app = ConsoleApp(node, status=status)
     for _ in range(3):
         stats.count_served("tiny")
     stats.count_served("not-hosted-here")
-    rows = {m["name"]: m for m in json.loads(get(app, "/api/status")[2])["mesh_models"]}
+    rows = {m["name"]: m for m in json.loads(get(app, "/api/status")[2])["meshd"]["mesh_models"]}
     assert rows["tiny"]["served_count"] == 3 and rows["idle"]["served_count"] == 0
     assert "not-hosted-here" not in rows  # served names from callers do not make rows
     assert "request_count" not in rows["tiny"]  # nobody asked through this node's own API
@@ -396,8 +404,8 @@ def test_a_served_request_updates_the_open_dashboards() -> None:
     node.hosted_models = ("tiny",)
     clock: Clock = node._reactor
     clock.advance(100)
-    stats = BackendStats()
-    app = ConsoleApp(node, backend_stats=stats)
+    status, stats = host_status(node)
+    app = ConsoleApp(node, status=status)
     transport, proto = raw(app, b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n", peer="127.0.0.1")
     assert b'"served_count":0' in transport.value()
     transport.clear()

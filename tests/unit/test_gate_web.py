@@ -20,6 +20,7 @@ from meshd.node import Node, NodeState
 from meshd.protocol.peers import Role as PeerRole
 from meshd.protocol.peers import build_self_announcement, peer_info_from_announcement
 from meshd.protocol.token import EndpointAddr
+from meshd.status import StatusView
 from meshd.web.api import APIApp
 from meshd.web.console import ConsoleApp
 from meshd.web.gate import APIKeys, Gate, GateResource, key_id
@@ -412,8 +413,8 @@ def test_metrics_off_by_default_and_on_with_flag() -> None:
 
 def test_status_has_the_gate_section() -> None:
     node = make_node(max_inflight=3)
-    APIApp(node)
-    st = node.status()["gate"]
+    api = APIApp(node)
+    st = StatusView(node, gate=api.gate, proxy=api.proxy).status()["meshd"]["gate"]
     assert st["max_inflight"] == 3 and st["inflight"] == 0 and st["api_keys"] is None
 
 

@@ -151,7 +151,7 @@ function updateButtons() {
 // have, or not be reachable from this browser at all.
 function loadModels() {
   const select = $("model");
-  const warm = ((status && status.mesh_models) || []).filter((m) => m.status === "warm");
+  const warm = ((status && status.meshd && status.meshd.mesh_models) || []).filter((m) => m.status === "warm");
   const names = warm.map((m) => m.name);
   const hosts = {};
   for (const m of warm) hosts[m.name] = m.node_count;
@@ -174,7 +174,10 @@ function showHosts(hosts) {
 
 function onStatus(st) {
   status = st;
-  const warm = (st.mesh_models || []).filter((m) => m.status === "warm").map((m) => m.name + ":" + m.node_count).join(",");
+  const warm = ((st.meshd && st.meshd.mesh_models) || [])
+    .filter((m) => m.status === "warm")
+    .map((m) => m.name + ":" + m.node_count)
+    .join(",");
   if (warm !== modelsKey) {
     modelsKey = warm;
     loadModels();

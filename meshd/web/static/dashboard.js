@@ -15,6 +15,11 @@ function tick() {
   for (const [el, base, fmt] of ticking) el.textContent = fmt(base + e);
 }
 
+// meshd's own fields of /api/status (beside mesh-llm 0.76's keys) are under `meshd`, per node and per peer.
+function mine(x) {
+  return (x && x.meshd) || {};
+}
+
 function roleClass(role) {
   return String(role || "").toLowerCase() === "host" ? "host" : "client";
 }
@@ -24,19 +29,20 @@ function render(st) {
   receivedAt = performance.now();
   ticking.length = 0;
   const peers = Array.isArray(st.peers) ? st.peers : [];
-  const models = Array.isArray(st.mesh_models) ? st.mesh_models : [];
+  const own = mine(st);
+  const models = Array.isArray(own.mesh_models) ? own.mesh_models : [];
 
   $("mesh-title").textContent = st.mesh_name ? st.mesh_name : st.mesh_id ? "Mesh " + st.mesh_id.slice(0, 8) : "Not in a mesh";
   $("node-id").textContent = st.node_id || "–";
-  $("node-id").title = st.endpoint_id || "";
+  $("node-id").title = own.endpoint_id || "";
   const role = $("node-role");
   role.textContent = st.is_client ? "client" : "host";
   role.className = "badge " + (st.is_client ? "client" : "host");
   const state = $("node-state");
-  state.textContent = st.node_state || "–";
-  state.className = "badge " + (st.node_state === "joined" ? "warm" : "");
-  $("node-version").textContent = st.version || "–";
-  ticking.push([$("node-uptime"), st.uptime_secs || 0, fmtDuration]);
+  state.textContent = own.node_state || "–";
+  state.className = "badge " + (own.node_state === "joined" ? "warm" : "");
+  $("node-version").textContent = own.version || st.version || "–";
+  ticking.push([$("node-uptime"), own.uptime_secs || 0, fmtDuration]);
   $("mesh-id").textContent = st.mesh_id || "–";
 
   const hosts = peers.filter((p) => roleClass(p.role) === "host").length + (st.is_host ? 1 : 0);
@@ -82,9 +88,16 @@ function renderModels(models, isHost) {
 }
 
 function pathOf(p) {
-  if (p.path === "relay") return "relay";
-  if (p.path === "direct" || p.connected) return "direct";
+  const m = mine(p);
+  if (m.path === "relay") return "relay";
+  if (m.path === "direct" || m.connected) return "direct";
   return "gossip";
+}
+
+// The exact round trip (ms, a float) where meshd measured one; mesh-llm's rtt_ms is whole milliseconds.
+function rttOf(p) {
+  const m = mine(p);
+  return m.rtt_ms !== null && m.rtt_ms !== undefined ? m.rtt_ms : p.rtt_ms;
 }
 
 function renderPeers(peers) {
@@ -96,16 +109,16 @@ function renderPeers(peers) {
     body,
     peers.map((p) => {
       const seen = h("td", { class: "num" });
-      ticking.push([seen, Number(p.last_seen_secs_ago) || 0, fmtAgo]);
+      ticking.push([seen, Number(mine(p).last_seen_secs_ago) || 0, fmtAgo]);
       const path = pathOf(p);
       return h(
         "tr",
         { "data-peer-id": p.id },
-        h("td", {}, h("code", { title: p.endpoint_id || "" }, p.id)),
+        h("td", {}, h("code", { title: mine(p).endpoint_id || "" }, p.id)),
         h("td", {}, h("span", { class: "badge " + roleClass(p.role) }, p.role)),
         h("td", {}, (p.models || []).length ? (p.models || []).join(", ") : h("span", { class: "empty" }, "none")),
         h("td", {}, path === "gossip" ? "via gossip" : path),
-        h("td", { class: "num" }, fmtRtt(p.rtt_ms)),
+        h("td", { class: "num" }, fmtRtt(rttOf(p))),
         seen,
         h("td", {}, p.version || "–"),
       );
@@ -191,7 +204,7 @@ function renderTopology(st, peers) {
     edges.push(s("line", { x1: cx, y1: cy, x2: x, y2: y, stroke: color, "stroke-width": 2, "stroke-dasharray": dash, "stroke-linecap": "round", opacity: 0.9 }));
     const mx = cx + (x - cx) * 0.55;
     const my = cy + (y - cy) * 0.55;
-    const rtt = p.rtt_ms !== null && p.rtt_ms !== undefined ? fmtRtt(p.rtt_ms) : "";
+    const rtt = rttOf(p) !== null && rttOf(p) !== undefined ? fmtRtt(rttOf(p)) : "";
     const lines = path === "gossip" ? ["via gossip"] : narrow && rtt ? [path, rtt] : [path + (rtt ? " · " + rtt : "")];
     const w = Math.max(...lines.map((t) => t.length)) * 6.6 + 14;
     const lh = 14 * lines.length + 6;
@@ -223,7 +236,7 @@ function renderTopology(st, peers) {
   );
   const children = [...edges, ...nodes, self, ...labels];
   if (!peers.length) {
-    const looking = st.node_state === "joining" || st.node_state === "discovering";
+    const looking = mine(st).node_state === "joining" || mine(st).node_state === "discovering";
     const lines = looking ? ["Looking for peers…"] : ["No peers yet:", "paste an invite token below to join a mesh"];
     lines.forEach((t, i) => children.push(s("text", { class: "node-label", x: cx, y: 30 + i * 17, "text-anchor": "middle", "font-size": 13, fill: "#93a1b3" }, t)));
   }
