@@ -493,7 +493,8 @@ class Demo:
         )
         status, body = _get_json(api + "/v1/models")
         data = body.get("data") if status == 200 and isinstance(body, dict) else None
-        models = [str(m["id"]) for m in data or [] if isinstance(m, dict) and "id" in m]
+        # the virtual "mesh" entry (mesh-llm 0.76's automatic choice) is no model of the backend's
+        models = [str(m["id"]) for m in data or [] if isinstance(m, dict) and "id" in m and m["id"] != "mesh"]
         self.say(f"  client    meshd --client --join <the host's token> ({time.monotonic() - started:.1f} s)")
         return api + "/v1", console + "/", models
 

@@ -202,9 +202,19 @@ def _peers(st: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def meshd_view(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status as meshd means its fields: mesh-llm 0.76's keys, with meshd's own (``node_state``'s
+    discovering/joining/joined/standalone, the per-relay Nostr list, ...) from the ``meshd`` objects over
+    them, for the node and each peer."""
+    st = as_dict(status)
+    view = {**st, **as_dict(st.get("meshd"))}
+    view["peers"] = [{**as_dict(p), **as_dict(as_dict(p).get("meshd"))} for p in as_list(st.get("peers"))]
+    return view
+
+
 def format_status(status: Mapping[str, Any], base_url: str) -> str:
     """The human-readable form of an ``/api/status`` object (any JSON object is accepted)."""
-    st = as_dict(status)
+    st = meshd_view(status)
     host = urlsplit(base_url).hostname or "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"

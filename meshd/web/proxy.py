@@ -37,6 +37,7 @@ from meshd.httpwire import (
     render_request,
     reshape_upstream_error,
 )
+from meshd.mesh.models import request_model
 from meshd.mesh.state import route_order, sticky_order
 from meshd.node import Node
 from meshd.quic import QuicStream
@@ -288,6 +289,8 @@ class MeshProxy:
                 message, param = shape_error
                 return openai_error(request, 400, message, "invalid_request_error", "invalid_value", param)
         model = model_of(parsed)
+        # A public model id (or the virtual "mesh") names the served model it stands for (0.76 §9.1).
+        model, body = request_model(model, parsed, body, self.node.mesh, self.node.hosted_models)
         mesh = self.node.mesh
         now = self.node.now()
         mesh.record_request(model, now)

@@ -96,10 +96,6 @@ async def test_a_model_with_an_identity_is_listed_under_its_public_id(
     await aio(api.close())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the call to meshd.mesh.models.request_model in MeshProxy.handle (meshd/web/proxy.py, the lead's)",
-)
 @pytest_twisted.ensureDeferred
 async def test_a_request_naming_a_public_id_or_mesh_reaches_the_host_as_its_served_name(
     tmp_path: Path,

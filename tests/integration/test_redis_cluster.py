@@ -68,7 +68,7 @@ class Client:
         until(lambda: http(self.api + "/ready")[0] == 200, 60, "client ready")
 
     def status(self) -> dict[str, Any]:
-        return json.loads(http(self.console + "/api/status")[1])  # type: ignore[no-any-return]
+        return json.loads(http(self.console + "/api/status")[1])["meshd"]  # type: ignore[no-any-return]
 
     def metrics(self) -> str:
         return http(self.api + "/metrics")[1].decode()
