@@ -192,7 +192,11 @@ class Backend:
 
     def learned_limit(self, limit: int, source: str) -> None:
         """The backend said how many requests it serves at once; the flag, when given, still wins."""
-        if self.limit_source == "flag" or limit == self.slots.max_inflight:
+        if self.limit_source == "flag":
+            return
+        changed = limit != self.slots.max_inflight
+        self.limit_source = source
+        if not changed:
             return
         self._log.info(
             "backend {url} serves {n} requests at once ({source}); using that as the host's limit",
@@ -201,7 +205,6 @@ class Backend:
             source=source,
             event="backend_limit",
         )
-        self.limit_source = source
         for token in self.slots.set_limit(limit):
             self._grant(token)
 

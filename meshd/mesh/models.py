@@ -169,7 +169,8 @@ def public_id(name: str, descriptor: ServedModel | None) -> str:
             ref = parse_model_ref(descriptor.canonical_ref)
             ident = ref.display_id() if ref is not None else None
     ident = ident or base
-    return f"{ident}#{profile}" if profile else ident
+    found = f"{ident}#{profile}" if profile else ident
+    return found if ident else name  # a name that is all profile marker ("#") stays its own id
 
 
 # -- what the mesh serves -------------------------------------------------------------------------
