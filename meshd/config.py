@@ -59,6 +59,9 @@ class Config:
     queue_timeout: float = 30.0
     #: Requests waiting for a gate slot at most (None: 16 per slot, at least 64).
     max_queue: int | None = None
+    #: Responses kept for ``previous_response_id`` (in this process; in Redis with --redis): count and TTL.
+    responses_store_entries: int = 1000
+    responses_store_ttl: float = 3600.0
     rate_limit_rpm: int = 0
     rate_limit_streams: int = 0
     trust_proxy: bool = False

@@ -150,6 +150,8 @@ class Options(usage.Options):
             "Seconds a request waits for a slot (--max-inflight, or busy hosts) before a 503 server_busy.",
         ],
         ["max-queue", None, None, "Requests waiting for a --max-inflight slot at most (default 16 per slot, >= 64)."],
+        ["responses-store-size", None, "1000", "Responses kept for previous_response_id (/v1/responses) at most."],
+        ["responses-store-ttl", None, "3600", "Seconds a stored Response is kept for previous_response_id."],
         ["rate-limit-rpm", None, "0", "Requests per minute per caller (API key, else client IP; 0 = off)."],
         ["rate-limit-streams", None, "0", "Concurrent streaming requests per caller (0 = off)."],
         ["api-keys-file", None, None, "File of API keys, one a line, # comments; re-read on SIGHUP."],
@@ -418,6 +420,13 @@ class Options(usage.Options):
         max_queue = None
         if self["max-queue"] is not None:
             max_queue = count("max-queue")
+        store_entries = count("responses-store-size")
+        try:
+            store_ttl = float(self["responses-store-ttl"])
+        except ValueError:
+            raise usage.UsageError("--responses-store-ttl must be a number of seconds") from None
+        if not 1 <= store_ttl <= 30 * 86400:
+            raise usage.UsageError("--responses-store-ttl must be between 1 s and 30 days")
         origins = tuple(self["cors-origin"]) or ("*",)
         for origin in origins:
             parts = urlsplit(origin)
@@ -428,6 +437,8 @@ class Options(usage.Options):
             "max_inflight": count("max-inflight"),
             "queue_timeout": queue_timeout,
             "max_queue": max_queue,
+            "responses_store_entries": store_entries,
+            "responses_store_ttl": store_ttl,
             "rate_limit_rpm": count("rate-limit-rpm"),
             "rate_limit_streams": count("rate-limit-streams"),
             "trust_proxy": bool(self["trust-proxy"]),
@@ -592,7 +603,13 @@ def build_service(config: Config, reactor: Any) -> Any:
     shared = _shared_gate(config, reactor)
     if shared is not None:
         extra.append(("redis", shared))
-    api_app = APIApp(node, reactor, gate=Gate.from_config(config, reactor, shared=shared), backend=watch)
+    store = None
+    if shared is not None:
+        from meshd.agentapi.store import StoredResponse
+        from meshd.shared.store import RedisResponseStore
+
+        store = RedisResponseStore(shared.link, decode=StoredResponse.from_json, ttl=config.responses_store_ttl)
+    api_app = APIApp(node, reactor, gate=Gate.from_config(config, reactor, shared=shared), backend=watch, store=store)
     extra.append(("gate", GateService(reactor, api_app.gate)))
     api_site = api_app.site()
     status = StatusView(

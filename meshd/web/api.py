@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from meshd.agentapi.store import MemoryResponseStore, ResponseStore
 from meshd.httpwire import openai_error_body
 from meshd.mesh.models import LocalModel, mesh_models, models_list
 from meshd.metrics import Metrics
@@ -35,13 +36,24 @@ class APIApp:
     _log = Logger()
 
     def __init__(
-        self, node: Node, reactor: Any = None, gate: Gate | None = None, backend: BackendWatch | None = None
+        self,
+        node: Node,
+        reactor: Any = None,
+        gate: Gate | None = None,
+        backend: BackendWatch | None = None,
+        store: ResponseStore | None = None,
     ) -> None:
-        """``backend``: a host's backend watch (what its own models can do, and ``/ready``)."""
+        """``backend``: a host's backend watch (what its own models can do, and ``/ready``); ``store``: where
+        Responses are kept for ``previous_response_id`` (default: in this process, per the config)."""
         self.node = node
         self.backend = backend
         clock = reactor if reactor is not None else node._reactor
-        self.proxy = MeshProxy(node, clock, busy_wait=node.config.queue_timeout)
+        config = node.config
+        if store is None:
+            store = MemoryResponseStore(
+                clock=clock.seconds, max_entries=config.responses_store_entries, ttl=config.responses_store_ttl
+            )
+        self.proxy = MeshProxy(node, clock, busy_wait=config.queue_timeout, store=store)
         self.metrics = Metrics(node, self.proxy) if node.config.metrics else None
         self.gate = gate if gate is not None else Gate.from_config(node.config, clock, self.metrics)
         if self.metrics is not None:

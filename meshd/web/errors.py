@@ -7,6 +7,8 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from meshd.agentapi.messages import anthropic_type
+
 
 def json_body(request: IRequest, status: int, payload: Any, headers: dict[str, str] | None = None) -> bytes:
     request.setResponseCode(status)
@@ -25,8 +27,12 @@ def openai_error(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> bytes:
-    """``{"error": {"message", "type", "param", "code"}}`` as OpenAI's API returns it."""
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    """``{"error": {"message", "type", "param", "code"}}`` as OpenAI's API returns it; on Anthropic's
+    Messages API paths (``/v1/messages...``) Anthropic's ``{"type": "error", "error": {"type", "message"}}``,
+    so Claude Code reads every error meshd makes (keys, limits, busy, no model) in its own shape."""
+    body: dict[str, Any] = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    if request.path.startswith(b"/v1/messages"):
+        body = {"type": "error", "error": {"type": anthropic_type(status), "message": message}}
     return json_body(request, status, body, headers)
 
 

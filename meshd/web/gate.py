@@ -132,6 +132,18 @@ def bearer_token(header: bytes | None) -> str | None:
     return token
 
 
+def presented_key(authorization: bytes | None, x_api_key: bytes | None) -> str | None:
+    """The key a caller presents: ``Authorization: Bearer KEY`` (OpenAI's SDKs), else ``x-api-key: KEY``
+    (Anthropic's SDK and Claude Code)."""
+    token = bearer_token(authorization)
+    if token is not None:
+        return token
+    if x_api_key:
+        text = x_api_key.decode("latin-1").strip()
+        return text or None
+    return None
+
+
 class APIKeys:
     """The accepted keys, kept only as SHA-256 digests; checked in constant time against all of them.
 
@@ -632,7 +644,7 @@ class GateResource(Resource):
             ex.caller = CONSOLE_KEY_ID
             request.requestHeaders.removeHeader(b"authorization")
         elif keys_required:
-            kid = gate.check_key(bearer_token(request.getHeader(b"authorization")))
+            kid = gate.check_key(presented_key(request.getHeader(b"authorization"), request.getHeader(b"x-api-key")))
             if kid is UNAVAILABLE:
                 return self._unavailable(request)
             if kid is None:
@@ -649,6 +661,7 @@ class GateResource(Resource):
             ex.caller = "key:" + kid
             # The key is for this gate: never forward it through the tunnel to a mesh host.
             request.requestHeaders.removeHeader(b"authorization")
+            request.requestHeaders.removeHeader(b"x-api-key")
         else:
             ex.caller = "ip:" + ip
 

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import LoopingCall
@@ -22,6 +23,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
+from meshd.agentapi.adapter import AgentApi, Answer
+from meshd.agentapi.adapter import Endpoint as AgentEndpoint
+from meshd.agentapi.adapter import match as agent_endpoint
+from meshd.agentapi.errors import AgentApiError
+from meshd.agentapi.store import MemoryResponseStore, ResponseStore, load_history
+from meshd.agentapi.translate import Output, Translator
 from meshd.httpwire import (
     LAST_CHUNK,
     MAX_ERROR_BODY_BYTES,
@@ -235,6 +242,9 @@ class MeshProxy:
         reactor: Any,
         first_byte_timeout: float = FIRST_BYTE_TIMEOUT,
         busy_wait: float = DEFAULT_BUSY_WAIT,
+        *,
+        agent: AgentApi | None = None,
+        store: ResponseStore | None = None,
     ) -> None:
         self.node = node
         self._reactor = reactor
@@ -246,6 +256,10 @@ class MeshProxy:
         self.busy_replies = 0
         #: Requests the mesh side refused, by code (REFUSAL_CODES).
         self.refusals: Counter[str] = Counter({code: 0 for code in REFUSAL_CODES})
+        #: OpenAI's Responses API and Anthropic's Messages API, translated here (meshd.agentapi).
+        self.agent = agent or AgentApi()
+        #: Stored Responses for previous_response_id (per node, or shared through Redis).
+        self.store: ResponseStore = store or MemoryResponseStore(clock=reactor.seconds)
 
     def _watch_silence(self, stream: QuicStream, upstream: Upstream) -> LoopingCall:
         """Fail the attempt early when the host sends nothing at all (not even the QUIC ACK for our
@@ -274,6 +288,9 @@ class MeshProxy:
         request_id = request_id_of(request)
         request.setHeader(b"x-request-id", request_id.encode())
         body = request.content.read() if request.content is not None else b""
+        endpoint = agent_endpoint(request.method, request.path)
+        if endpoint is not None:
+            return await self._handle_agent(request, endpoint, body, request_id)
         parsed = _parse_json(body)
         if body and _declares_json(request) and parsed is _NOT_JSON:
             return openai_error(
@@ -288,9 +305,62 @@ class MeshProxy:
             if shape_error is not None:
                 message, param = shape_error
                 return openai_error(request, 400, message, "invalid_request_error", "invalid_value", param)
+        headers = [
+            (k, v)
+            for k, vs in request.requestHeaders.getAllRawHeaders()
+            for v in vs
+            if k.lower() not in _NEVER_FORWARDED and not k.lower().startswith(b"x-meshd-")
+        ]
+        job = _Job(request, request_id, request.method, request.uri, headers, body, parsed)
+        return await self._route(job)
+
+    async def _handle_agent(self, request: IRequest, endpoint: AgentEndpoint, body: bytes, request_id: str) -> bytes:
+        """OpenAI's Responses API and Anthropic's Messages API, translated to chat completions here, so any
+        host serves them (meshd.agentapi); errors in the caller's API's shape."""
+        agent = self.agent
+        try:
+            if endpoint.action == "retrieve":
+                found = await self.store.get(endpoint.response_id or "")
+                return _send_answer(request, agent.retrieved(endpoint, found))
+            if endpoint.action == "delete":
+                existed = await self.store.delete(endpoint.response_id or "")
+                return _send_answer(request, agent.deleted(endpoint, existed))
+            prepared = agent.prepare(endpoint, body)
+            previous = prepared.previous_response_id
+            history = await load_history(self.store, previous) if previous else []
+            forward = prepared.plan(now=self._reactor.seconds(), history=history)
+        except AgentApiError as e:
+            return _send_answer(request, agent.error(endpoint.api, e))
+        except Exception as e:  # the response store (Redis) is away: say so, never hang or 500
+            self._log.warn("response store unavailable: {err}", err=_describe(e), event="store_unavailable")
+            return openai_error(
+                request,
+                503,
+                "stored responses are unavailable right now; retry shortly, or resend the conversation in `input`",
+                "server_error",
+                code="store_unavailable",
+                headers={"Retry-After": "2"},
+            )
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in forward.headers]
+        job = _Job(
+            request,
+            request_id,
+            b"POST",
+            forward.path.encode("latin-1"),
+            headers,
+            forward.body,
+            json.loads(forward.body),
+            translate=forward.translator,
+            store=self.store,
+        )
+        return await self._route(job)
+
+    async def _route(self, job: _Job) -> bytes:
+        """Which hosts may answer the job, in order (or why none); then try them."""
+        request, parsed = job.request, job.parsed
         model = model_of(parsed)
         # A public model id (or the virtual "mesh") names the served model it stands for (0.76 §9.1).
-        model, body = request_model(model, parsed, body, self.node.mesh, self.node.hosted_models)
+        model, job.body = request_model(model, parsed, job.body, self.node.mesh, self.node.hosted_models)
         mesh = self.node.mesh
         now = self.node.now()
         mesh.record_request(model, now)
@@ -298,7 +368,7 @@ class MeshProxy:
             exclude = parse_peer_ids(request.getHeader(b"x-mesh-exclude"), many=True)
             target = parse_peer_ids(request.getHeader(b"x-mesh-target"), many=False)
         except ValueError as e:
-            return openai_error(request, 400, str(e), "invalid_request_error", code="invalid_header")
+            return self._refuse(job, 400, str(e), "invalid_header", type_="invalid_request_error", count=False)
         own = self.node.identity.public_bytes
         local = [own] if self.node.serves_locally(model if model and model != "auto" else None) else []
         if model and model != "auto":
@@ -306,19 +376,20 @@ class MeshProxy:
             if target:
                 chosen = [h for h in hosts if _matches(h, target[0])]
                 if not chosen:
-                    return openai_error(
-                        request,
+                    return self._refuse(
+                        job,
                         409,
                         f"x-mesh-target {target[0]} does not serve model {_echo(model)} (or was excluded)",
-                        "invalid_request_error",
-                        code="target_not_available",
+                        "target_not_available",
                         param="x-mesh-target",
+                        type_="invalid_request_error",
+                        count=False,
                     )
                 hosts = chosen[:1]
             if not hosts:
                 if model in self.node.hosted_models or mesh.is_known_model(model, now):
                     return self._refuse(
-                        request,
+                        job,
                         503,
                         f"model {_echo(model)} is not currently available in the mesh; retry later",
                         "model_not_available",
@@ -329,7 +400,7 @@ class MeshProxy:
                 listed = ", ".join(_echo(m) for m in served[:MAX_LISTED_MODELS])
                 more = f" and {len(served) - MAX_LISTED_MODELS} more" if len(served) > MAX_LISTED_MODELS else ""
                 return self._refuse(
-                    request,
+                    job,
                     404,
                     f"The model {_echo(model)} does not exist in this mesh. "
                     + (f"It serves: {listed}{more}." if served else "It serves no model right now."),
@@ -343,31 +414,26 @@ class MeshProxy:
                 hosts = [h for h in hosts if _matches(h, target[0])][:1]
             if not hosts:
                 return self._refuse(
-                    request,
+                    job,
                     503,
                     f"no peers serving any model (node state: {self.node.state.value})",
                     "no_hosts",
                     retry_after="5",
                 )
-        headers = [
-            (k, v)
-            for k, vs in request.requestHeaders.getAllRawHeaders()
-            for v in vs
-            if k.lower() not in _NEVER_FORWARDED and not k.lower().startswith(b"x-meshd-")
-        ]
+        if model:
+            request.setHeader(b"x-mesh-model", model.encode("utf-8", "replace")[:512])
         hosts = route_order(hosts, self.node.connected_ids() | {own}, self.node.suspect_ids())
-        outgoing = _Outgoing(request.method, request.uri, headers, body)
         self.node.inflight_requests += 1
         self.node.notify_changed()
         try:
-            return await self._try_hosts(request, hosts, outgoing, model, request_id)
+            return await self._try_hosts(job, hosts, model)
         finally:
             self.node.inflight_requests -= 1
             self.node.notify_changed()
 
     def _refuse(
         self,
-        request: IRequest,
+        job: _Job,
         status: int,
         message: str,
         code: str,
@@ -375,14 +441,15 @@ class MeshProxy:
         param: str | None = None,
         retry_after: str | None = None,
         type_: str = "server_error",
+        count: bool = True,
     ) -> bytes:
-        self.refusals[code] += 1
+        if count:
+            self.refusals[code] += 1
         headers = {"Retry-After": retry_after} if retry_after is not None else None
-        return openai_error(request, status, message, type_, code=code, param=param, headers=headers)
+        # (on /v1/messages paths openai_error answers in Anthropic's shape)
+        return openai_error(job.request, status, message, type_, code=code, param=param, headers=headers)
 
-    async def _try_hosts(
-        self, request: IRequest, hosts: list[bytes], message: _Outgoing, model: str | None, request_id: str
-    ) -> bytes:
+    async def _try_hosts(self, job: _Job, hosts: list[bytes], model: str | None) -> bytes:
         """Each host once, asking busy hosts to say so at once; then, while time remains, wait at the
         hosts that were busy (they queue the request and serve it when a slot frees)."""
         now = self._reactor.seconds()
@@ -398,29 +465,25 @@ class MeshProxy:
             if i:
                 self.failovers += 1
             try:
-                return await self._attempt(
-                    request, host, message.method, message.render(0.0), last, request_id, open_deadline
-                )
+                return await self._attempt(job, host, job.render(0.0), last, open_deadline)
             except HostBusy:
                 self.busy_replies += 1
                 busy.append(host)
             except TryNextHost as e:
-                self._note_failure(request_id, host, e, last and not busy, errors)
+                self._note_failure(job.request_id, host, e, last and not busy, errors)
         for host in busy:
             remaining = deadline - self._reactor.seconds()
             if remaining <= 0:
                 break
             try:
-                return await self._attempt(
-                    request, host, message.method, message.render(remaining), True, request_id, deadline
-                )
+                return await self._attempt(job, host, job.render(remaining), True, deadline)
             except HostBusy:
                 self.busy_replies += 1
             except TryNextHost as e:
-                self._note_failure(request_id, host, e, host == busy[-1], errors)
+                self._note_failure(job.request_id, host, e, host == busy[-1], errors)
         if busy:
             return self._refuse(
-                request,
+                job,
                 503,
                 f"every host serving {_echo(model) if model else 'a model'} stayed busy for "
                 f"{self.busy_wait:g}s; retry shortly",
@@ -428,7 +491,7 @@ class MeshProxy:
                 retry_after="2",
             )
         return self._refuse(
-            request,
+            job,
             503,
             f"all {len(hosts)} tunnel(s) to hosts for {_echo(model) if model else None} failed: " + "; ".join(errors),
             "all_hosts_failed",
@@ -447,17 +510,9 @@ class MeshProxy:
             event="tunnel_failover",
         )
 
-    async def _attempt(
-        self,
-        request: Any,
-        host: bytes,
-        method: bytes,
-        raw: bytes,
-        last: bool,
-        request_id: str,
-        open_deadline: float,
-    ) -> bytes:
+    async def _attempt(self, job: _Job, host: bytes, raw: bytes, last: bool, open_deadline: float) -> bytes:
         """One try on one host; the tunnel must open before ``open_deadline`` (the request's budget)."""
+        request = job.request
         try:
             if host == self.node.identity.public_bytes:
                 stream = self.node.open_local_tunnel()
@@ -468,31 +523,16 @@ class MeshProxy:
                 stream = await self.node.open_tunnel(host, budget)
         except CancelledError:
             raise
+        except TryNextHost:
+            raise
         except Exception as e:
             raise TryNextHost(f"tunnel open failed: {_describe(e)}") from None
-        upstream = Upstream(stream, method, raw_chunked=request.clientproto == b"HTTP/1.1")
+        # A translated answer needs the body decoded; a relayed one keeps the host's chunks as they are.
+        raw_chunked = request.clientproto == b"HTTP/1.1" and job.translate is None
+        upstream = Upstream(stream, job.method, raw_chunked=raw_chunked)
         stream.set_receiver(upstream)
         stream.write(raw)
-        upstream.head.addTimeout(self.first_byte_timeout, self._reactor)
-        watchdog = self._watch_silence(stream, upstream)
-        try:
-            head = await upstream.head
-        except CancelledError:  # the caller went away
-            stream.reset(0)
-            raise
-        except HostSilent as e:
-            stream.reset(0)
-            stream.connection.close(0, "peer silent")
-            raise TryNextHost(str(e)) from None
-        except TimeoutError:
-            stream.reset(0)
-            raise TryNextHost(f"no response within {self.first_byte_timeout:g}s") from None
-        except Exception as e:
-            stream.reset(0)
-            raise TryNextHost(_describe(e)) from None
-        finally:
-            if watchdog.running:
-                watchdog.stop()
+        head = await self._await_head(stream, upstream)
         short = host.hex()[:10]
         if head.status >= 400:
             err_body, truncated = await upstream.collect(MAX_ERROR_BODY_BYTES)
@@ -504,13 +544,22 @@ class MeshProxy:
                 raise HostBusy("host busy")
             if is_context_overflow(head.status, err_body) and not last:
                 raise TryNextHost(f"context overflow ({head.status})")
+            request.setHeader(b"x-mesh-served-by", host.hex().encode())
+            if job.translate is not None:
+                translator = job.translate()
+                _emit(request, translator.start(head.status, head.headers))
+                _emit(request, translator.feed(err_body))
+                _emit(request, translator.finish())
+                return b""
             request.setResponseCode(head.status)
             request.setHeader(b"content-type", b"application/json")
-            request.setHeader(b"x-mesh-served-by", host.hex().encode())
             retry = head.header(b"retry-after")
             if retry is not None:
                 request.setHeader(b"retry-after", retry)
             return reshape_upstream_error(head.status, err_body, truncated)
+        request.setHeader(b"x-mesh-served-by", host.hex().encode())
+        if job.translate is not None:
+            return await self._relay_translated(job, stream, upstream, head, short)
         request.setResponseCode(head.status, head.reason or None)
         chunked = any(k == b"transfer-encoding" for k, _ in head.headers)
         for name, value in head.headers:
@@ -519,7 +568,6 @@ class MeshProxy:
             if name.startswith(b"access-control-"):
                 continue  # CORS is the gate's answer (a backend's own would make two, which browsers refuse)
             request.responseHeaders.addRawHeader(name, value)
-        request.setHeader(b"x-mesh-served-by", host.hex().encode())
         if upstream.scanner is not None:
             # Relay the host's chunked body as it is: send our headers (twisted.web announces chunked
             # framing), then stop twisted.web from framing again; the host's own last chunk ends it.
@@ -535,13 +583,7 @@ class MeshProxy:
         except Exception as e:
             # Bytes already went out: no failover. An event stream gets a final error event and ends;
             # anything else is cut off so the caller cannot take it for a complete body.
-            self._log.info(
-                "[{request_id}] tunnel from {host} broke mid-response: {err}",
-                request_id=request_id,
-                host=short,
-                err=_describe(e),
-                event="tunnel_broken",
-            )
+            self._log_broken(job, short, e)
             stream.reset(0)
             unregister_producer(request)
             content_type = head.header(b"content-type") or b""
@@ -559,23 +601,111 @@ class MeshProxy:
         stream.loseWriteConnection()
         return b""
 
+    async def _await_head(self, stream: QuicStream, upstream: Upstream) -> ResponseHead:
+        """The host's response head, or TryNextHost (silence, timeout, a broken tunnel)."""
+        upstream.head.addTimeout(self.first_byte_timeout, self._reactor)
+        watchdog = self._watch_silence(stream, upstream)
+        try:
+            return await upstream.head
+        except CancelledError:  # the caller went away
+            stream.reset(0)
+            raise
+        except HostSilent as e:
+            stream.reset(0)
+            stream.connection.close(0, "peer silent")
+            raise TryNextHost(str(e)) from None
+        except TimeoutError:
+            stream.reset(0)
+            raise TryNextHost(f"no response within {self.first_byte_timeout:g}s") from None
+        except Exception as e:
+            stream.reset(0)
+            raise TryNextHost(_describe(e)) from None
+        finally:
+            if watchdog.running:
+                watchdog.stop()
+
+    async def _relay_translated(
+        self, job: _Job, stream: QuicStream, upstream: Upstream, head: ResponseHead, short: str
+    ) -> bytes:
+        """Stream the host's chat-completions answer through the job's translator to the caller."""
+        assert job.translate is not None
+        request = job.request
+        translator = job.translate()
+        _emit(request, translator.start(head.status, head.headers))
+        request.registerProducer(stream, True)
+        upstream.start_sink(lambda data: _emit(request, translator.feed(data)))
+        try:
+            await upstream.done
+        except CancelledError:
+            stream.reset(0)
+            raise
+        except Exception as e:
+            self._log_broken(job, short, e)
+            stream.reset(0)
+            unregister_producer(request)
+            _emit(request, translator.fail(f"the host serving this answer failed: {_describe(e)}"))
+            return b""
+        unregister_producer(request)
+        stream.loseWriteConnection()
+        _emit(request, translator.finish())
+        if translator.stored is not None and job.store is not None:
+            try:
+                await job.store.put(translator.stored)
+            except Exception as e:  # a store that is away loses a conversation link, not the answer
+                self._log.warn("could not store response {id}: {err}", id=translator.stored.id, err=_describe(e))
+        return b""
+
+    def _log_broken(self, job: _Job, short: str, e: Exception) -> None:
+        self._log.info(
+            "[{request_id}] tunnel from {host} broke mid-response: {err}",
+            request_id=job.request_id,
+            host=short,
+            err=_describe(e),
+            event="tunnel_broken",
+        )
+
+
+@attrs.define
+class _Job:
+    """One request on its way to the mesh (as the caller sent it, or translated for an agent API)."""
+
+    request: Any  # the twisted.web Request (IRequest lacks the producer and framing attributes used here)
+    request_id: str
+    method: bytes
+    uri: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    parsed: Any
+    #: For an agent API: a fresh translator per attempt, and the response store.
+    translate: Callable[[], Translator] | None = None
+    store: ResponseStore | None = None
+
+    def render(self, wait: float) -> bytes:
+        """The request as it leaves for a host, with the time the host may queue it for a slot."""
+        value = b"0" if wait <= 0 else b"%.3f" % wait
+        return render_request(self.method, self.uri, [*self.headers, (WAIT_HEADER, value)], self.body)
+
+
+def _emit(request: IRequest, out: Output) -> None:
+    """Write a translator's output: its head (once, before any body), then its body."""
+    if out.head is not None:
+        request.setResponseCode(out.head.status)
+        for name, value in out.head.headers:
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+    if out.body:
+        request.write(out.body)
+
+
+def _send_answer(request: IRequest, answer: Answer) -> bytes:
+    """A whole answer made here (an error in the caller's API, a stored Response)."""
+    request.setResponseCode(answer.status)
+    for name, value in answer.headers:
+        request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+    return answer.body
+
 
 class HostSilent(Exception):
     """The host's QUIC connection has been silent since the request went out."""
-
-
-class _Outgoing:
-    """The request as it leaves for a host: rendered per attempt with the wait the host may queue it."""
-
-    def __init__(self, method: bytes, uri: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        self.method = method
-        self.uri = uri
-        self.headers = headers
-        self.body = body
-
-    def render(self, wait: float) -> bytes:
-        value = b"0" if wait <= 0 else b"%.3f" % wait
-        return render_request(self.method, self.uri, [*self.headers, (WAIT_HEADER, value)], self.body)
 
 
 def _echo(name: str) -> str:

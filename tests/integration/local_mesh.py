@@ -33,8 +33,8 @@ def until(pred: Any, within: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def get_json(url: str, headers: dict[str, str] | None = None) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as resp:
         return json.loads(resp.read())
 
 
@@ -99,10 +99,16 @@ class Mesh:
         self.api = self.api or api
         return api
 
-    def wait_models(self, api: str, wanted: list[str], within: float = 60) -> None:
+    def wait_models(
+        self, api: str, wanted: list[str], within: float = 60, headers: dict[str, str] | None = None
+    ) -> None:
         """Until ``/v1/models`` lists exactly ``wanted`` (and the virtual ``mesh`` entry 0.76 adds to any list)."""
         expected = sorted([*wanted, "mesh"]) if wanted else []
-        until(lambda: sorted(x["id"] for x in get_json(api + "/v1/models")["data"]) == expected, within, "models")
+
+        def listed() -> list[str]:
+            return sorted(x["id"] for x in get_json(api + "/v1/models", headers)["data"])
+
+        until(lambda: listed() == expected, within, "models")
 
     def stop(self) -> None:
         for d in self.daemons:

@@ -5,7 +5,8 @@ between the events of a streamed answer, default 0). Every style answers the
 same requests with the same bytes (deterministic ids, timestamps and contents), so a response that came
 through the mesh can be compared byte for byte with one fetched directly. Styles:
 
-``stdlib``     Python's ``http.server.ThreadingHTTPServer`` (HTTP/1.1): headers and body in separate writes
+``stdlib``     Python's ``http.server.ThreadingHTTPServer`` (HTTP/1.1): headers and body in separate writes;
+               ``GET /debug/headers`` lists the headers of every request it was sent
 ``asgi``       uvicorn serving a Starlette app (a real ASGI server)
 ``bytewise``   one byte per write, with a yield to the event loop between writes
 ``chunked``    every body chunked (odd chunk sizes, chunk extensions), no trailers
@@ -135,6 +136,8 @@ def answer(model: str, method: str, path: str, body: bytes) -> tuple[int, str, l
 
 
 def run_stdlib(port: int, model: str, delay: float = 0.0) -> None:
+    seen: list[dict[str, str]] = []  # headers of every request but GET /debug/headers, newest last (bounded)
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -144,6 +147,16 @@ def run_stdlib(port: int, model: str, delay: float = 0.0) -> None:
         def _serve(self, method: str) -> None:
             n = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(n) if n else b""
+            if self.path == "/debug/headers":  # what the test asks: every header this backend was sent
+                data = json.dumps(seen).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            del seen[:-1000]
             status, ctype, parts = answer(model, method, self.path, body)
             self.send_response(status)
             self.send_header("Content-Type", ctype)
