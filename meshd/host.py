@@ -22,6 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from meshd.ingress import HostIngress
 from meshd.mesh.models import LocalModel
 from meshd.node import Node
 from meshd.quic import MeshConnection, QuicStream
@@ -182,6 +183,8 @@ class BackendWatch(Service):
         self.props = PropsFacts()
         self._loop: LoopingCall | None = None
         self._inflight_poll: Deferred[Any] | None = None
+        #: What this host answers itself on inbound tunnels (0.76 host ingress).
+        self.ingress = HostIngress(self.local_models, node.mesh)
         node.tunnel_handler = self.tunnel_for
 
     @property
@@ -191,7 +194,7 @@ class BackendWatch(Service):
 
     def tunnel_for(self, conn: MeshConnection | None, stream: QuicStream) -> HostTunnel:
         peer = conn.remote_id.hex()[:10] if conn is not None and conn.remote_id else "local"
-        return HostTunnel(stream, self.backend, peer=peer)
+        return HostTunnel(stream, self.backend, peer=peer, ingress=self.ingress)
 
     def startService(self) -> None:
         super().startService()

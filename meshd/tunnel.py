@@ -28,15 +28,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from meshd.agentapi.translate import Output as TranslatorOutput
+from meshd.agentapi.translate import Translator
 from meshd.concurrency import Admission, ConcurrencyLimiter
 from meshd.httpwire import (
     HTTPWireError,
     ParsedRequest,
     RequestParser,
     ResponseFramer,
+    ResponseHead,
+    ResponseParser,
     openai_error_body,
     render_request,
 )
+from meshd.ingress import Answer as IngressAnswer
+from meshd.ingress import HostIngress
 
 #: mesh-llm's BACKEND_PROXY_MAX_INFLIGHT: the backend limit when neither the flag nor the backend says.
 DEFAULT_BACKEND_INFLIGHT = 4
@@ -355,10 +361,22 @@ class HostTunnel:
 
     _log = Logger()
 
-    def __init__(self, stream: TunnelStream, backend: Backend, peer: str = "?", clock: Any = None) -> None:
+    def __init__(
+        self,
+        stream: TunnelStream,
+        backend: Backend,
+        peer: str = "?",
+        clock: Any = None,
+        ingress: HostIngress | None = None,
+    ) -> None:
         self.stream = stream
         self.backend = backend
         self.peer = peer
+        #: What the host answers itself (0.76 host ingress: /v1/models, public ids, agent APIs).
+        self.ingress = ingress
+        #: Translates the backend's chat-completions answer for an agent-API request (decoded, not relayed).
+        self._translator: Translator | None = None
+        self._decoder: ResponseParser | None = None
         self.clock = clock if clock is not None else backend.clock
         self.state = TunnelState.READING
         self._parser = RequestParser()
@@ -407,12 +425,21 @@ class HostTunnel:
 
     def _start(self, request: ParsedRequest) -> None:
         self._disarm()
+        if self.ingress is not None:
+            decision = self.ingress.decide(request)
+            if isinstance(decision, IngressAnswer):
+                self._answer(decision.status, decision.body, decision.content_type, dict(decision.headers))
+                return
+            request = decision.request
+            self._translator = decision.translator
         try:
             self._request_bytes = self.backend.render(request)
         except HTTPWireError as e:
             self._answer_error(e.status, e.message, e.code)
             return
         self._framer = ResponseFramer(request.method)
+        if self._translator is not None:
+            self._decoder = ResponseParser(request.method)
         self._model = requested_model(request.body)
         wait = requested_wait(request.header(WAIT_HEADER))
         admission, token = self.backend.request_slot(self._slot_granted, self._slot_expired, wait)
@@ -493,11 +520,50 @@ class HostTunnel:
         except HTTPWireError as e:
             self._backend_broke(str(e))
             return
+        if self._decoder is not None:
+            self._translate(out)
+            return
         if out:
             self._sent_bytes += len(out)
             self.stream.write(out)
         if self._framer.done:
             self._complete()
+
+    def _translate(self, data: bytes) -> None:
+        """An agent-API request's answer: the backend's response decoded, through the translator, out as a
+        close-delimited HTTP response in the caller's API."""
+        assert self._decoder is not None and self._translator is not None
+        try:
+            events = self._decoder.feed(data) if data else []
+        except HTTPWireError as e:
+            self._emit(self._translator.fail(f"the backend's answer could not be read: {e}"))
+            self._complete()
+            return
+        for event in events:
+            if isinstance(event, ResponseHead):
+                out = self._translator.start(event.status, event.headers)
+            elif isinstance(event, bytes):
+                out = self._translator.feed(event)
+            else:
+                out = self._translator.finish()
+            self._emit(out)
+            if out.done:
+                self._complete()
+                return
+
+    def _emit(self, out: TranslatorOutput) -> None:
+        parts = []
+        if out.head is not None:
+            lines = [f"HTTP/1.1 {out.head.status} {_REASONS.get(out.head.status, 'OK')}"]
+            lines += [f"{k}: {v}" for k, v in out.head.headers]
+            lines += ["connection: close", "", ""]  # the body ends where the stream does
+            parts.append("\r\n".join(lines).encode("latin-1"))
+        if out.body:
+            parts.append(out.body)
+        if parts:
+            data = b"".join(parts)
+            self._sent_bytes += len(data)
+            self.stream.write(data)
 
     def backend_closed(self, reason: Failure) -> None:
         if self.state is not TunnelState.RELAYING:
@@ -509,6 +575,20 @@ class HostTunnel:
             self._framer.feed_eof()
         except HTTPWireError as e:
             self._backend_broke(str(e))
+            return
+        if self._decoder is not None and self._translator is not None:
+            try:
+                events = self._decoder.feed_eof()
+            except HTTPWireError as e:
+                events = []
+                self._emit(self._translator.fail(f"the backend's answer was cut short: {e}"))
+            for event in events:
+                if event is None:
+                    self._emit(self._translator.finish())
+                elif isinstance(event, bytes):
+                    self._emit(self._translator.feed(event))
+            self._emit(self._translator.fail("the backend closed before a complete answer"))
+            self._complete()
             return
         if not reason.check(ConnectionDone) and self._framer.until_close:
             self._backend_broke(f"backend connection lost: {reason.getErrorMessage()}")
@@ -579,6 +659,14 @@ class HostTunnel:
         self._finish()
 
     # helpers ----------------------------------------------------------------------------------
+
+    def _answer(self, status: int, body: bytes, content_type: str, extra: dict[str, str]) -> None:
+        """A response the host makes itself (host ingress)."""
+        if self.state is TunnelState.DONE:
+            return
+        self.stream.write(http_response(status, body, content_type, extra))
+        self.stream.loseWriteConnection()
+        self._finish()
 
     def _answer_error(
         self,

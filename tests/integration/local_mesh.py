@@ -38,11 +38,13 @@ def get_json(url: str, headers: dict[str, str] | None = None) -> Any:
         return json.loads(resp.read())
 
 
-def start_odd_backend(style: str, model: str, log: Path, delay: float = 0.0) -> tuple[subprocess.Popen[bytes], str]:
+def start_odd_backend(
+    style: str, model: str, log: Path, delay: float = 0.0, think: float = 0.0
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.odd_backends", style, str(port), model, str(delay)],
+            [sys.executable, "-m", "tests.integration.odd_backends", style, str(port), model, str(delay), str(think)],
             cwd=REPO,
             env=repo_env(),
             stdout=out,

@@ -1,7 +1,8 @@
 """OpenAI-shaped backends that write HTTP/1.1 in every way real servers do, for the no-loss matrix.
 
-Run one as a process: ``python -m tests.integration.odd_backends STYLE PORT MODEL [DELAY]`` (DELAY: seconds
-between the events of a streamed answer, default 0). Every style answers the
+Run one as a process: ``python -m tests.integration.odd_backends STYLE PORT MODEL [DELAY] [THINK]`` (DELAY:
+seconds between the events of a streamed answer; THINK, ``stdlib`` only: seconds before a plain answer; both 0 by
+default). Every style answers the
 same requests with the same bytes (deterministic ids, timestamps and contents), so a response that came
 through the mesh can be compared byte for byte with one fetched directly. Styles:
 
@@ -135,7 +136,7 @@ def answer(model: str, method: str, path: str, body: bytes) -> tuple[int, str, l
 # -- stdlib: http.server, head and body in separate writes -------------------------------------------
 
 
-def run_stdlib(port: int, model: str, delay: float = 0.0) -> None:
+def run_stdlib(port: int, model: str, delay: float = 0.0, think: float = 0.0) -> None:
     seen: list[dict[str, str]] = []  # headers of every request but GET /debug/headers, newest last (bounded)
 
     class Handler(BaseHTTPRequestHandler):
@@ -171,6 +172,8 @@ def run_stdlib(port: int, model: str, delay: float = 0.0) -> None:
                         time.sleep(delay)
                 self.wfile.write(b"0\r\n\r\n")
             else:
+                if think and method == "POST":
+                    time.sleep(think)  # a slow backend thinks before it answers
                 self.send_header("Content-Length", str(sum(map(len, parts))))
                 self.end_headers()
                 self.wfile.flush()  # the head leaves on its own, then the body
@@ -336,8 +339,9 @@ def run_raw(style: str, port: int, model: str, delay: float = 0.0) -> None:
 def main(argv: list[str]) -> None:
     style, port, model = argv[1], int(argv[2]), argv[3]
     delay = float(argv[4]) if len(argv) > 4 else 0.0
+    think = float(argv[5]) if len(argv) > 5 else 0.0
     if style == "stdlib":
-        run_stdlib(port, model, delay)
+        run_stdlib(port, model, delay, think)
     elif style == "asgi":
         run_asgi(port, model)
     elif style in STYLES or style == "raw":

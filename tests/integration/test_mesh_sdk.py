@@ -9,14 +9,17 @@ import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshd.protocol.requirements import MeshGenesisPolicy, SignedBootstrapToken, SignedMeshGenesisPolicy, owner_id
 from meshd.protocol.token import decode_invite_token, decode_token
+from meshd.relay.home import DEFAULT_RELAYS
 from tests.integration.backend import LlamaBackend
 from tests.integration.daemon import Daemon
+from tests.integration.local_mesh import Mesh, get_json, start_odd_backend, until
 from tests.integration.mesh_sdk import SDK_VERSION, MeshSdk
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -117,10 +120,114 @@ def test_sdk_reads_a_signed_bootstrap_token_made_by_meshd(mesh_sdk: MeshSdk, mes
     assert "models" in out or out["modelsError"] == "endpoint error: malformed HTTP response", out
 
 
+FULL_SCRIPT = """
+;(async () => {
+  const out = {}
+  const make = process.env.KIND === 'node'
+    ? () => sdk.Node.create({ ownerKeypairHex: sdk.generateOwnerKeypairHex(), inviteToken: process.env.TOKEN,
+                               servingEnabled: false, cacheDir: '/tmp/meshsdk-cache' })
+    : () => sdk.Client.create({ ownerKeypairHex: sdk.generateOwnerKeypairHex(), inviteToken: process.env.TOKEN })
+  const node = make()
+  const t0 = Date.now()
+  await node.start()
+  out.models = await node.inference.listModels()
+  out.firstAnswerMs = Date.now() - t0
+  out.chat = await node.inference.chat(
+    { model: 'tiny', messages: [{ role: 'user', content: 'hello mesh' }] }, { timeoutMs: 30000 })
+  out.responses = await node.inference.responses({ model: 'tiny', input: 'hello mesh' }, { timeoutMs: 30000 })
+  // A caller that gives up: the SDK's own deadline on a backend that thinks for 8 s.
+  const t1 = Date.now()
+  out.slow = await node.inference.chat(
+    { model: 'slow', messages: [{ role: 'user', content: 'take your time' }] }, { timeoutMs: 1500 })
+  out.slowMs = Date.now() - t1
+  try { await node.inference.cancel(out.chat.requestId); out.cancelled = true }
+  catch (e) { out.cancelError = errorText(e) }
+  await node.stop()
+  emit(out)
+})().catch((e) => emit({ error: errorText(e) }))
+"""
+
+
+@pytest.fixture(scope="module")
+def sdk_mesh(tmp_path_factory: pytest.TempPathFactory, llama_backend: LlamaBackend) -> Iterator[Any]:
+    """Two meshd hosts in one mesh as a user starts them, with the DEFAULT iroh relays (unreachable here: a
+    token must not name them): one on llama-server (``tiny``), one on a backend that thinks 8 s (``slow``)."""
+    tmp = tmp_path_factory.mktemp("sdk-mesh")
+    mesh = Mesh(tmp)
+    try:
+        proc, url = start_odd_backend("stdlib", "slow", tmp / "slow.log", think=8.0)
+        mesh.backends.append(proc)
+
+        def relayed_host(name: str, backend: str) -> None:
+            args = ["--serve", backend, "--port", "0", "--console", "0", "--no-nostr", "--bind-address", "127.0.0.1"]
+            if mesh.first_token is not None:
+                args += ["--join", mesh.first_token]
+            # Daemon adds --no-relay unless a relay flag is given: give mesh-llm's defaults explicitly
+            relays = [a for url in DEFAULT_RELAYS for a in ("--relay", url)]
+            d = Daemon([*args, *relays, "--state-dir", str(tmp / name)], cwd=tmp)
+            mesh.daemons.append(d)
+            mesh.hosts[name] = d
+            token = d.wait_event("node_start")["token"]
+            mesh.consoles[name] = str(d.wait_event("ready")["console_url"])
+            mesh.first_token = mesh.first_token or token
+
+        relayed_host("tiny", llama_backend.url)
+        relayed_host("slow", url)
+        until(lambda: len(get_json(mesh.consoles["tiny"] + "/api/status")["peers"]) == 1, 30, "hosts joined")
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+@pytest.mark.parametrize("kind", ["client", "node"])
+def test_sdk_client_and_node_use_a_meshd_host(mesh_sdk: MeshSdk, sdk_mesh: Any, kind: str) -> None:
+    token = get_json(sdk_mesh.consoles["tiny"] + "/api/status")["token"]
+    assert decode_token(token).relay_urls == ()  # its home relay was never reached: the token names none
+    run = mesh_sdk.run(FULL_SCRIPT, env={"TOKEN": token, "KIND": kind}, timeout=120)
+    out = run.output
+    assert "error" not in out, out
+    assert {m["id"] for m in out["models"]} == {"tiny", "slow", "mesh"}  # the host's own 0.76-shaped list
+    print(f"mesh-llm SDK {kind}: start() to the first answer in {out['firstAnswerMs']} ms")
+    assert out["firstAnswerMs"] < 20_000  # not the 30 s the SDK waits on a relay nobody can reach
+    for answer in (out["chat"], out["responses"]):
+        assert [e["type"] for e in answer["events"]] == ["tokenDelta", "completed"], answer
+        assert answer["content"] and answer["events"][0]["delta"] == answer["content"]
+    # 'slow' is on the other host: the token's host forwards nothing, so the SDK gets the 404 that names what
+    # it serves, or (routed there) gives up after its 1.5 s deadline; either way it does not wait 8 s.
+    assert out["slowMs"] < 7_000, out
+    assert out.get("cancelled") is True or "cancelError" in out
+
+
+def test_a_caller_that_gives_up_is_cancelled_at_the_host(mesh_sdk: MeshSdk, sdk_mesh: Any) -> None:
+    """The SDK's request deadline passes while the host's backend still thinks: the SDK closes its stream
+    (STOP_SENDING/reset), and the host aborts the backend request and frees the slot at once."""
+    token = get_json(sdk_mesh.consoles["slow"] + "/api/status")["token"]
+    script = """
+    ;(async () => {
+      const c = sdk.Client.create({ ownerKeypairHex: sdk.generateOwnerKeypairHex(), inviteToken: process.env.TOKEN })
+      await c.start()
+      const r = await c.inference.chat(
+        { model: 'slow', messages: [{ role: 'user', content: 'x' }] }, { timeoutMs: 1500 })
+      await c.stop()
+      emit({ events: r.events })
+    })().catch((e) => emit({ error: errorText(e) }))
+    """
+    before = sum(1 for r in sdk_mesh.hosts["slow"].records if r.get("event") == "tunnel_cancelled")
+    run = mesh_sdk.run(script, env={"TOKEN": token}, timeout=60)
+    assert run.output["events"][-1]["type"] == "timeout", run.output
+    until(
+        lambda: sum(1 for r in sdk_mesh.hosts["slow"].records if r.get("event") == "tunnel_cancelled") > before,
+        10,
+        "the host cancelling the backend request",
+    )
+    status = get_json(sdk_mesh.consoles["slow"] + "/api/status")["meshd"]["backend"]
+    assert status["inflight"] == 0
+
+
 def test_sdk_client_lists_models_and_chats_through_a_meshd_host(mesh_sdk: MeshSdk, meshd_host: str) -> None:
     run = mesh_sdk.run(CLIENT_SCRIPT, env={"TOKEN": meshd_host}, timeout=90)
     out = run.output
-    assert out.get("models") == [{"id": "tiny", "name": "tiny"}], out
+    assert out.get("models") == [{"id": "tiny", "name": "tiny"}, {"id": "mesh", "name": "mesh"}], out
     chat = out.get("chat") or {}
     assert [e["type"] for e in chat.get("events", [])] == ["tokenDelta", "completed"], out
     assert chat["content"] and chat["events"][0]["delta"] == chat["content"]

@@ -451,7 +451,9 @@ def test_signed_genesis_policy_verify_and_proto_round_trip() -> None:
     assert again == signed
     again.verify()
     for bad in (
-        SignedMeshGenesisPolicy(signed.policy, signed.origin_sign_public_key, signed.signature[:-1] + b"\x00"),
+        SignedMeshGenesisPolicy(
+            signed.policy, signed.origin_sign_public_key, signed.signature[:-1] + bytes([signed.signature[-1] ^ 1])
+        ),
         SignedMeshGenesisPolicy(signed.policy, HOST.public_key().public_bytes_raw(), signed.signature),
         SignedMeshGenesisPolicy(signed.policy, signed.origin_sign_public_key, signed.signature, "rsa"),
         SignedMeshGenesisPolicy(
