@@ -53,9 +53,7 @@ class Relay:
 class HostIngress:
     """One per host: ``decide(request)`` says what to do with each inbound tunnel's request."""
 
-    def __init__(
-        self, local: Callable[[], list[LocalModel]], mesh: MeshState, agent: AgentApi | None = None
-    ) -> None:
+    def __init__(self, local: Callable[[], list[LocalModel]], mesh: MeshState, agent: AgentApi | None = None) -> None:
         self._local = local
         self._mesh = mesh
         self._agent = agent or AgentApi()

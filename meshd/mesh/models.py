@@ -25,6 +25,10 @@ from meshd.protocol.peers import CapabilityLevel, ModelCapabilities, ModelSource
 
 #: mesh-llm's virtual model: "let the mesh choose" (its mixture-of-agents gateway).
 VIRTUAL_MODEL = "mesh"
+#: mesh-llm 0.76's deprecated alias of ``mesh`` (§9.4).
+AUTO_ALIAS = "auto"
+#: What an answer may take beyond its prompt, when the request does not say (tokens).
+DEFAULT_ANSWER_TOKENS = 256
 VIRTUAL_DISPLAY_NAME = "Mesh (MoA)"
 #: Markers of a quant selector in a GGUF file name, in mesh-llm's order (``quant_selector_from_gguf_file``).
 _QUANT_MARKERS = ("-UD-", ".UD-", "-IQ", ".IQ", "-Q", ".Q", "-BF16", ".BF16", "-F16", ".F16", "-F32", ".F32")
@@ -385,13 +389,12 @@ def models_list(models: Iterable[MeshModel]) -> dict[str, Any]:
 # -- a request's model ----------------------------------------------------------------------------
 
 
-def served_name(requested: str, models: Iterable[MeshModel]) -> str | None:
+def served_name(requested: str, models: Iterable[MeshModel], request: Any = None, body_size: int = 0) -> str | None:
     """The served model a request naming ``requested`` goes to, or None when no model matches.
 
     A served name is itself; a public id is its first served name (§9.4, ``internal_model_for_public_id``:
-    a public id without ``#profile`` also matches a profiled model with that base); ``mesh`` (unless a
-    model is served under that name) is the model with the most hosts, as meshd does not run mesh-llm's
-    mixture of agents."""
+    a public id without ``#profile`` also matches a profiled model with that base); ``mesh`` and ``auto``
+    (unless a model is served under that name) are chosen for the request by :func:`choose_automatic`."""
     if not requested:
         return None
     listed = list(models)
@@ -401,9 +404,85 @@ def served_name(requested: str, models: Iterable[MeshModel]) -> str | None:
     for m in listed:
         if m.public_id == requested or (not profile and split_profile(m.public_id)[0] == base):
             return m.name
-    if requested == VIRTUAL_MODEL and listed:
-        return min(listed, key=lambda m: (-m.hosts, m.name)).name
+    if requested in (VIRTUAL_MODEL, AUTO_ALIAS):
+        return choose_automatic(listed, request, body_size)
     return None
+
+
+@attrs.frozen
+class Needs:
+    """What a request needs of a model: tools, image input, and about how many tokens of context."""
+
+    tools: bool
+    vision: bool
+    tokens: int
+
+    @classmethod
+    def of(cls, request: Any, body_size: int) -> Needs:
+        req = request if isinstance(request, dict) else {}
+        answer = next(
+            (
+                v
+                for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")
+                if isinstance(v := req.get(k), int)
+            ),
+            DEFAULT_ANSWER_TOKENS,
+        )
+        return cls(
+            tools=bool(req.get("tools")) or bool(req.get("functions")),
+            vision=_has_image(req.get("messages")) or _has_image(req.get("input")),
+            tokens=body_size // 4 + max(0, answer),
+        )
+
+
+def _has_image(value: Any, depth: int = 0) -> bool:
+    """Does a message list carry an image part (OpenAI ``image_url``/``input_image``, Anthropic ``image``)?"""
+    if depth > 6:
+        return False
+    if isinstance(value, dict):
+        if value.get("type") in ("image_url", "input_image", "image"):
+            return True
+        return any(_has_image(v, depth + 1) for k, v in value.items() if k in ("content", "parts"))
+    if isinstance(value, list):
+        return any(_has_image(v, depth + 1) for v in value[:256])
+    return False
+
+
+def _known_support(model: MeshModel, feature: str) -> bool | None:
+    """True/False when the model's host (or this host's backend) said whether it has ``feature``, else None."""
+    if model.descriptor is not None and model.descriptor.capabilities_known:
+        level = getattr(model.descriptor.capabilities, feature)
+        return bool(level in (CapabilityLevel.SUPPORTED, CapabilityLevel.LIKELY))
+    if model.local is not None:
+        flag = model.local.tools if feature == "tool_use" else model.local.vision
+        return flag
+    return None
+
+
+def choose_automatic(models: Iterable[MeshModel], request: Any = None, body_size: int = 0) -> str | None:
+    """The model ``mesh`` stands for in this request (meshd runs no mixture of agents):
+
+    1. only models some host serves now;
+    2. a model known to lack what the request needs (tools, image input) is left out, unless none is left;
+    3. then, in order: known to have what it needs before unknown; a known context that fits the prompt
+       (estimated at a quarter of the body's bytes, plus the answer's max tokens) before an unknown one,
+       before one known to be too small; more hosts (more capacity) first; then the name.
+    """
+    needs = Needs.of(request, body_size)
+    candidates = [m for m in models if m.hosts > 0]
+    if not candidates:
+        return None
+    wanted = [f for f, needed in (("tool_use", needs.tools), ("vision", needs.vision)) if needed]
+    able = [m for m in candidates if all(_known_support(m, f) is not False for f in wanted)]
+    pool = able or candidates
+
+    def rank(m: MeshModel) -> tuple[int, int, int, str]:
+        sure = 0 if all(_known_support(m, f) is True for f in wanted) else 1
+        ctx = m.context_length
+        fit = 1 if ctx is None else 0 if ctx >= needs.tokens else 2
+        return (sure, fit, -m.hosts, m.name)
+
+    return min(pool, key=rank).name
 
 
 def request_model(
@@ -418,7 +497,7 @@ def request_model(
     local = tuple(local)
     if model in local or model in mesh.routable_models():
         return model, body  # a served name (the usual case): nothing to compute
-    served = served_name(model, known_models(mesh, local))
+    served = served_name(model, known_models(mesh, local), parsed, len(body))
     if served is None or served == model:
         return model, body
     rewritten = dict(parsed)

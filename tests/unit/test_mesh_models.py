@@ -341,3 +341,27 @@ def test_a_public_id_of_a_model_away_for_a_moment_still_names_it() -> None:
     mesh.peers[H1].admitted = False  # not routable now, still in the table
     assert mesh.routable_models() == {}
     assert request_model(f"{FALCON_REPO}:Q4_K_M", {"model": "x"}, b"", mesh, [])[0] == "falcon"
+
+
+def test_mesh_chooses_a_model_that_can_do_what_the_request_needs() -> None:
+    from meshd.mesh.models import LocalModel, MeshModel, choose_automatic
+
+    def model(name: str, hosts: int, ctx: int | None = None, tools: bool | None = None) -> MeshModel:
+        local = LocalModel(name, context_length=ctx, tools=tools) if tools is not None or ctx is not None else None
+        return MeshModel(name, name, hosts, contexts=(ctx,) if ctx else (), local=local)
+
+    small_tools = model("small-tools", 1, ctx=2048, tools=True)
+    big_plain = model("big-plain", 3, ctx=32768, tools=False)
+    unknown = model("unknown", 2)
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    assert choose_automatic([small_tools, big_plain, unknown], chat, 100) == "big-plain"  # fits, most hosts
+    with_tools = {**chat, "tools": [{"type": "function", "function": {"name": "f"}}]}
+    assert choose_automatic([small_tools, big_plain, unknown], with_tools, 100) == "small-tools"  # known to have them
+    assert choose_automatic([big_plain, unknown], with_tools, 100) == "unknown"  # big-plain is known to lack them
+    long_prompt = 4 * 10_000  # ~10k tokens: only the big model's context fits
+    assert choose_automatic([small_tools, big_plain], chat, long_prompt) == "big-plain"
+    assert choose_automatic([big_plain], with_tools, 100) == "big-plain"  # nothing else: still served
+    assert choose_automatic([model("away", 0)], chat, 10) is None  # no host serves it now
+    image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}
+    seeing = MeshModel("seeing", "seeing", 1, local=LocalModel("seeing", vision=True))
+    assert choose_automatic([big_plain, seeing], image, 100) == "seeing"
