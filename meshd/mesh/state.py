@@ -200,8 +200,10 @@ class MeshState:
             del self.peers[oldest.endpoint_id]
 
     def gossip_entries(self, now: float) -> list[PeerInfo]:
-        """Peers to relay in our own frame: heard from (directly or not) within STALE_SECS."""
-        return [e.info for e in self.peers.values() if now - e.last_heard() < STALE_SECS]
+        """Peers to relay in our own frame: those we gossiped with ourselves (admitted), heard from within
+        STALE_SECS. Hearsay is not passed on: a frame of invented peers sent to one node stops there instead
+        of spreading through the mesh (each peer is relayed by the nodes that talk to it)."""
+        return [e.info for e in self.peers.values() if e.admitted and now - e.last_heard() < STALE_SECS]
 
     def is_admitted(self, peer_id: bytes) -> bool:
         """Admitted = a gossip exchange with the peer itself completed (0.76 §2.2: a transitive mention

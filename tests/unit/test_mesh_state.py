@@ -153,9 +153,11 @@ def test_prune_after_360s_without_contact_or_mention() -> None:
     assert list(st.peers) == [pid(1)]
 
 
-def test_gossip_entries_skip_stale_peers() -> None:
+def test_gossip_entries_skip_stale_peers_and_hearsay() -> None:
     st = MeshState(ME, Role.CLIENT)
     st.ingest_gossip(pid(1), [info(1), info(2)], now=0)
+    st.ingest_gossip(pid(3), [info(3)], now=0)
+    assert sorted(i.endpoint_id for i in st.gossip_entries(now=1)) == [pid(1), pid(3)]  # 2 is hearsay: not relayed
     st.touch(pid(1), now=STALE_SECS)
     assert [i.endpoint_id for i in st.gossip_entries(now=STALE_SECS + 1)] == [pid(1)]
 
