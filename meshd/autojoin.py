@@ -15,13 +15,11 @@ from twisted.python.failure import Failure
 
 from meshd.deferreds import fire_all
 from meshd.discovery.discover import discover
-from meshd.discovery.listing import DiscoveredMesh, MeshFilter, MeshListing
+from meshd.discovery.listing import DiscoveredMesh, MeshFilter, MeshListing, default_token_ok
 from meshd.discovery.relay import RelayPool
 from meshd.discovery.scoring import Rediscovery, rank_for_rediscovery, read_last_mesh_id, smart_auto
 from meshd.node import Node, NodeState
-from meshd.protocol.errors import InvalidToken
 from meshd.protocol.peers import Role as PeerRole
-from meshd.protocol.token import decode_token
 
 #: A client that finds nothing retries discovery this often (mesh-llm: 15 s; it gives up after 20
 #: tries, meshd keeps trying so the API stays up and the console says what is happening).
@@ -35,14 +33,6 @@ NOSTR_IDLE_SECS = 120.0
 
 class NostrOff(Exception):
     """This node runs without Nostr (``--no-nostr``)."""
-
-
-def token_ok(token: str) -> bool:
-    try:
-        decode_token(token)
-    except InvalidToken:
-        return False
-    return True
 
 
 class Discovery(Service):
@@ -123,11 +113,11 @@ class Discovery(Service):
         except NostrOff as e:
             return fail(e)
         if mesh_filter is not None:
-            return discover(pool, self._reactor, mesh_filter=mesh_filter, token_ok=token_ok)
+            return discover(pool, self._reactor, mesh_filter=mesh_filter, token_ok=default_token_ok)
         mine: Deferred[list[DiscoveredMesh]] = Deferred()
         self._waiters.append(mine)
         if self._running is None:
-            running: Deferred[Any] = discover(pool, self._reactor, token_ok=token_ok)
+            running: Deferred[Any] = discover(pool, self._reactor, token_ok=default_token_ok)
             self._running = running
             running.addBoth(self._round_done)
         return mine

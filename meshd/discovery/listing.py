@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -20,6 +18,8 @@ from twisted.logger import Logger
 from meshd.discovery.errors import InvalidEvent, InvalidListing
 from meshd.discovery.keys import NostrKeys, npub_encode
 from meshd.discovery.nip01 import Event, loads_strict, validate_event
+from meshd.protocol.errors import InvalidToken
+from meshd.protocol.token import decode_token
 
 __all__ = [
     "LISTING_D_TAG",
@@ -204,22 +204,14 @@ class MeshFilter:
 
 
 def default_token_ok(token: str) -> bool:
-    """Minimal invite-token check (§2.1): base64url (padding optional) of a JSON object with a
-    64-hex ``id`` string and an ``addrs`` list. The lead swaps in ``meshd.protocol.token`` later."""
-    if not isinstance(token, str) or not token or len(token) > 64 * 1024:
-        return False
-    stripped = token.rstrip("=")
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", stripped):
-        return False
+    """An invite token a node could use: a plain one (iroh's ``EndpointAddr``) or a 0.76 signed bootstrap
+    token that verifies now (signature, policy hash, expiry); mesh-llm's discovery drops every other listing
+    (MESH_PROTOCOL_076.md §12), padded base64 included."""
     try:
-        raw = base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
-        obj = loads_strict(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+        decode_token(token)
+    except InvalidToken:
         return False
-    if not isinstance(obj, dict):
-        return False
-    node_id = obj.get("id")
-    return isinstance(node_id, str) and bool(_HEX64.fullmatch(node_id)) and isinstance(obj.get("addrs"), list)
+    return True
 
 
 def build_listing_event(keys: NostrKeys, listing: MeshListing, *, now: int, ttl: int = LISTING_TTL) -> Event:

@@ -11,6 +11,7 @@ from typing import Any
 import nostr_sdk
 import pytest
 import pytest_twisted
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
@@ -34,7 +35,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 def token(seed: int = 1) -> str:
-    addr = {"id": f"{seed:02x}" * 32, "addrs": [{"Ip": "127.0.0.1:4000"}]}
+    """A plain invite token for a node whose id is a real Ed25519 key (discovery drops any other)."""
+    key = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32).public_key().public_bytes_raw()
+    addr = {"id": key.hex(), "addrs": [{"Ip": "127.0.0.1:4000"}]}
     return base64.urlsafe_b64encode(json.dumps(addr, separators=(",", ":")).encode()).decode().rstrip("=")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 import nostr_sdk
@@ -167,8 +168,8 @@ def test_discovery_filter() -> None:
 def test_default_token_ok() -> None:
     assert default_token_ok(TOKEN)
     padded = TOKEN + "=" * (-len(TOKEN) % 4)
-    assert default_token_ok(padded)
-    assert default_token_ok(make_token("AB" * 32))
+    assert padded != TOKEN and not default_token_ok(padded)  # mesh-llm 0.76 refuses padded tokens
+    assert not default_token_ok(make_token("ab" * 32))  # not an Ed25519 point: no node has that id
     assert not default_token_ok("")
     assert not default_token_ok("!!!")
     assert not default_token_ok(base64.urlsafe_b64encode(b"not json").decode())
@@ -178,6 +179,29 @@ def test_default_token_ok() -> None:
     assert not default_token_ok(no_addrs)
     std_alphabet = base64.b64encode(b'{"id":"' + b"ab" * 32 + b'","addrs":[]}?>').decode()
     assert not default_token_ok(std_alphabet.replace("-", "+"))
+
+
+def test_listings_with_signed_tokens_are_kept_only_while_they_verify() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from meshd.protocol.requirements import (
+        MeshGenesisPolicy,
+        SignedBootstrapToken,
+        SignedMeshGenesisPolicy,
+        owner_id,
+    )
+
+    owner = Ed25519PrivateKey.generate()
+    policy = SignedMeshGenesisPolicy.sign(MeshGenesisPolicy(owner_id(owner.public_key().public_bytes_raw()), 1), owner)
+    addr = base64.urlsafe_b64decode(TOKEN + "==")
+    far = int(time.time() * 1000) + 86_400_000
+    valid = SignedBootstrapToken.sign([addr], policy, owner, expires_at_unix_ms=far).encode()
+    expired = SignedBootstrapToken.sign([addr], policy, owner, expires_at_unix_ms=1_000).encode()
+    body = json.loads(base64.urlsafe_b64decode(valid + "=" * (-len(valid) % 4)))
+    body["signature"][0] ^= 1  # a listing whose token someone altered
+    forged = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
+    assert default_token_ok(valid)
+    assert not default_token_ok(expired) and not default_token_ok(forged)
 
 
 # ---------------------------------------------------------------------------------------------- filter
