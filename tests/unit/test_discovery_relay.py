@@ -310,7 +310,7 @@ def test_discover_with_clock_window_and_eose() -> None:
 
 
 def _token() -> str:
-    import base64
+    from meshd.identity import Identity
+    from meshd.protocol.token import EndpointAddr, encode_token
 
-    raw = json.dumps({"id": "ab" * 32, "addrs": []}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_token(EndpointAddr(Identity.generate().public_bytes, ip_addrs=(("127.0.0.1", 4000),)))
