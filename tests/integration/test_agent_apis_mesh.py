@@ -91,7 +91,8 @@ def test_responses_create_and_stream(mesh: Mesh) -> None:
 def test_responses_tool_round_trip_with_previous_response_id(mesh: Mesh) -> None:
     client = oa(mesh)
     tools: Any = [{"type": "function", "name": "get_weather", "parameters": WEATHER, "strict": False}]
-    with client.responses.stream(model="tiny-tools", input="weather and time?", tools=tools) as stream:
+    # temperature 0 throughout: the biased tiny model then calls the tool every time
+    with client.responses.stream(model="tiny-tools", input="weather and time?", tools=tools, temperature=0) as stream:
         argument_deltas = [e.delta for e in stream if e.type == "response.function_call_arguments.delta"]
         first = stream.get_final_response()
     call = first.output[0]
@@ -100,9 +101,14 @@ def test_responses_tool_round_trip_with_previous_response_id(mesh: Mesh) -> None
     stored = client.responses.retrieve(first.id)  # GET /v1/responses/{id}
     assert stored.id == first.id and stored.output[0].type == "function_call"
     output = [{"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}]
-    alone = client.responses.create(model="tiny-tools", input=[*output, {"role": "user", "content": "so?"}])
+    alone = client.responses.create(
+        model="tiny-tools", input=[*output, {"role": "user", "content": "so?"}], temperature=0
+    )
     chained = client.responses.create(
-        model="tiny-tools", previous_response_id=first.id, input=[*output, {"role": "user", "content": "so?"}]
+        model="tiny-tools",
+        previous_response_id=first.id,
+        input=[*output, {"role": "user", "content": "so?"}],
+        temperature=0,
     )
     assert chained.status == "completed" and alone.usage is not None and chained.usage is not None
     # the stored first turn (the question and the call) went to the model too
@@ -113,13 +119,19 @@ def test_responses_tool_round_trip_with_previous_response_id(mesh: Mesh) -> None
 
 
 def test_messages_create_stream_count_and_tool_round_trip(mesh: Mesh) -> None:
-    client = an(mesh)
+    client = an(mesh)  # (this SDK takes temperature only as an extra body field)
     message = client.messages.create(
-        model="tiny", max_tokens=8, system="be brief", messages=[{"role": "user", "content": "hello mesh"}]
+        model="tiny",
+        max_tokens=8,
+        system="be brief",
+        messages=[{"role": "user", "content": "hello mesh"}],
+        extra_body={"temperature": 0},
     )
     assert message.type == "message" and message.content[0].type == "text" and message.content[0].text
     assert message.stop_reason in ("end_turn", "max_tokens") and message.usage.output_tokens > 0
-    with client.messages.stream(model="tiny", max_tokens=8, messages=[{"role": "user", "content": "hi"}]) as stream:
+    with client.messages.stream(
+        model="tiny", max_tokens=8, messages=[{"role": "user", "content": "hi"}], extra_body={"temperature": 0}
+    ) as stream:
         texts = list(stream.text_stream)
         final = stream.get_final_message()
     assert "".join(texts) == final.content[0].text  # type: ignore[union-attr]
@@ -127,12 +139,15 @@ def test_messages_create_stream_count_and_tool_round_trip(mesh: Mesh) -> None:
     assert counted.input_tokens > 0
     tools: Any = [{"name": "get_weather", "description": "the weather", "input_schema": WEATHER}]
     asked: Any = [{"role": "user", "content": "weather and time?"}]
-    called = client.messages.create(model="tiny-tools", max_tokens=200, messages=asked, tools=tools)
+    called = client.messages.create(
+        model="tiny-tools", max_tokens=200, messages=asked, tools=tools, extra_body={"temperature": 0}
+    )
     use = called.content[0]
     assert called.stop_reason == "tool_use" and use.type == "tool_use" and use.input["unit"] in ("c", "f")
     answered = client.messages.create(
         model="tiny-tools",
         max_tokens=16,
+        extra_body={"temperature": 0},
         tools=tools,
         messages=[
             *asked,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.application.internet import backoffPolicy
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -34,7 +35,9 @@ FAST_RETRY = backoffPolicy(initialDelay=0.2, maxDelay=1.0, factor=1.5, jitter=la
 
 
 def token(seed: int) -> str:
-    raw = json.dumps({"id": f"{seed:02x}" * 32, "addrs": [{"Ip": "127.0.0.1:1"}]}).encode()
+    """A plain token of a node whose id is a real Ed25519 key (discovery drops any other)."""
+    key = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32).public_key().public_bytes_raw()
+    raw = json.dumps({"id": key.hex(), "addrs": [{"Ip": "127.0.0.1:1"}]}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

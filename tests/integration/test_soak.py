@@ -69,8 +69,10 @@ def client_for(base: str) -> openai.OpenAI:
     return cache[base]  # type: ignore[no-any-return]
 
 
-def fetch(base: str, model: str, kind: str) -> bytes:
-    client = client_for(base)
+def fetch(base: str, model: str, kind: str, *, keep_alive: bool = True) -> bytes:
+    # The raw test backends close after every response without saying so: called directly, each gets a fresh
+    # client (reusing the closed connection would fail in the test's own client, not in meshd).
+    client = client_for(base) if keep_alive else sdk(base)
     if kind == "plain":
         return bytes(client.chat.completions.with_raw_response.create(model=model, messages=MSGS).content)
     if kind == "embeddings":
@@ -97,7 +99,7 @@ def cancelled_at_hosts(mesh: Mesh) -> int:
 
 def test_soak(mesh: Mesh) -> None:
     pairs = workload(mesh)
-    expected = {(model, kind): fetch(mesh.direct[model], model, kind) for model, kind in pairs}
+    expected = {(model, kind): fetch(mesh.direct[model], model, kind, keep_alive=False) for model, kind in pairs}
     procs = {name: d.proc.pid for name, d in mesh.hosts.items()} | {"client": mesh.daemons[-1].proc.pid}
 
     # warm-up, then the baseline
