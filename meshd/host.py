@@ -6,7 +6,6 @@ backend's, or the ``--model`` names when given.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import treq
@@ -16,9 +15,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from meshd import jsonbound
 from meshd.node import Node
 from meshd.quic import MeshConnection, QuicStream
 from meshd.tunnel import Backend, HostTunnel
+from meshd.webclient import read_limited
 
 POLL_INTERVAL = 10.0
 POLL_TIMEOUT = 5.0
@@ -83,12 +84,10 @@ class BackendWatch(Service):
 
         async def run() -> None:
             resp = await self._http.get(url, timeout=POLL_TIMEOUT, reactor=self._reactor)
-            body = await resp.content()
+            body = await read_limited(resp, MAX_MODELS_BODY)
             if resp.code != 200:
                 raise ValueError(f"GET /v1/models answered {resp.code}")
-            if len(body) > MAX_MODELS_BODY:
-                raise ValueError("model list too large")
-            data = json.loads(body)
+            data = jsonbound.loads(body, max_bytes=MAX_MODELS_BODY)
             entries = data.get("data", []) if isinstance(data, dict) else []
             names = tuple(str(m["id"])[:512] for m in entries[:256] if isinstance(m, dict) and m.get("id"))
             came_up = not self.healthy
@@ -116,10 +115,10 @@ class BackendWatch(Service):
         for path, source in (("/props", "llama-server /props"), ("/slots", "llama-server /slots")):
             try:
                 resp = await self._http.get(base + path, timeout=POLL_TIMEOUT, reactor=self._reactor)
-                body = await resp.content()
-                if resp.code != 200 or len(body) > MAX_PROPS_BODY:
+                body = await read_limited(resp, MAX_PROPS_BODY)
+                if resp.code != 200:
                     continue
-                data = json.loads(body)
+                data = jsonbound.loads(body, max_bytes=MAX_PROPS_BODY)
             except Exception:  # not llama-server, or it did not answer: keep the default
                 continue
             slots = data.get("total_slots") if isinstance(data, dict) else len(data) if isinstance(data, list) else None

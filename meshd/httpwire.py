@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 import attrs
 import h11
 
+from meshd import jsonbound
+
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_LINES = 64
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -304,8 +306,8 @@ def reshape_upstream_error(status: int, body: bytes, truncated: bool = False) ->
     upstream_type: str | None = None
     message: str | None = None
     try:
-        parsed = json.loads(body)
-    except ValueError:
+        parsed = jsonbound.loads(body, max_bytes=max(len(body), 1))
+    except jsonbound.BadJSON:
         parsed = None
     if isinstance(parsed, dict):
         err = parsed.get("error")

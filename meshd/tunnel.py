@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import json
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -28,8 +27,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from meshd import jsonbound
 from meshd.concurrency import Admission, ConcurrencyLimiter
 from meshd.httpwire import (
+    MAX_BODY_BYTES,
     HTTPWireError,
     ParsedRequest,
     RequestParser,
@@ -119,8 +120,8 @@ def requested_model(body: bytes) -> str | None:
     if body.lstrip()[:1] != b"{":
         return None
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
+        data = jsonbound.loads(body, max_bytes=MAX_BODY_BYTES)
+    except jsonbound.BadJSON:
         return None
     model = data.get("model") if isinstance(data, dict) else None
     return model if isinstance(model, str) else None
