@@ -370,12 +370,30 @@ class HostTunnel:
         self._timer: Any = None
         self._arm(REQUEST_READ_TIMEOUT, self._request_timeout)
         self._model: str | None = None
+        self._charged = 0
 
     # stream receiver -----------------------------------------------------------------------
+
+    def _charge(self, count: int) -> bool:
+        """Hold ``count`` more request bytes. Where the node tracks admission and serves tunnels before
+        it (mesh-llm 0.76's passive SDK path), a peer not admitted yet has a small budget for them
+        (:meth:`MeshConnection.charge_preadmission`), released when the tunnel ends."""
+        conn = getattr(self.stream, "connection", None)
+        if conn is None or conn.admitted or not conn.admission_tracked:
+            return True
+        if not conn.charge_preadmission(count):
+            return False
+        self._charged += count
+        return True
 
     def dataReceived(self, data: bytes) -> None:
         if self.state is not TunnelState.READING:
             return  # one request per stream; anything after it is ignored
+        if not self._charge(len(data)):
+            self._answer_error(
+                413, "request too large for a peer that is not admitted to the mesh yet", "request_too_large"
+            )
+            return
         try:
             request = self._parser.feed(data)
         except HTTPWireError as e:
@@ -622,3 +640,7 @@ class HostTunnel:
         if self._holds_slot:
             self._holds_slot = False
             self.backend.release()
+        conn = getattr(self.stream, "connection", None)
+        if self._charged and conn is not None:
+            conn.release_preadmission(self._charged)
+            self._charged = 0
