@@ -71,6 +71,7 @@ class FrameReader:
         if conn is not None and self._charged:
             conn.release_preadmission(self._charged)
         self._charged = 0
+        self._decoder.discard()  # a refused frame's bytes go now, not when the reader is collected
         return result
 
     def dataReceived(self, data: bytes) -> None:

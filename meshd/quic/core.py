@@ -4,10 +4,12 @@
    :class:`~meshd.quic.tls.RawPublicKeyContext` (iroh's raw-public-key TLS).
 2. Limits: the peer may open ``max_streams_bidi`` (1024, as mesh-llm) bidi
    streams at once; idle timeout 30 s; QUIC v1 only.
-3. Before admission (server side, when the endpoint tracks admission) the
-   peer gets a small receive window (``preadmission_window``, 256 KiB) and
-   ``preadmission_streams`` (16) bidi streams; :meth:`MeshQuicConnection.admit`
-   raises both to the full limits (MAX_DATA / MAX_STREAMS frames follow).
+3. Before admission an inbound (server-side) connection gets a small receive
+   window (``preadmission_window``, 256 KiB: all a peer can park in aioquic's
+   buffers, out-of-order data included) and, where the endpoint tracks
+   admission, ``preadmission_streams`` (16) bidi streams;
+   :meth:`MeshQuicConnection.admit` raises both to the full limits
+   (MAX_DATA / MAX_STREAMS frames follow).
 4. Receive flow control follows what the *application consumed*, not what
    arrived.  Stock aioquic doubles MAX_STREAM_DATA / MAX_DATA as soon as half
    the window has *arrived*, so a slow reader cannot hold back a fast sender.
@@ -83,8 +85,8 @@ class MeshQuicConnection(QuicConnection):
         client's first Initial packet.
     :param retry_source_connection_id: server side, after a Retry: the source CID
         of our Retry packet (the DCID of the client's Initial that carried the token).
-    :param preadmission: server side: start with the pre-admission window and
-        stream credit until :meth:`admit`.
+    :param preadmission: server side: start with the pre-admission window until :meth:`admit`.
+    :param preadmission_streams: server side: and with the pre-admission stream credit.
     """
 
     def __init__(
@@ -98,10 +100,11 @@ class MeshQuicConnection(QuicConnection):
         retry_source_connection_id: bytes | None = None,
         limits: TransportLimits = DEFAULT_LIMITS,
         preadmission: bool = False,
+        preadmission_streams: bool = False,
     ) -> None:
         if is_client and (expected_peer_id is None or len(expected_peer_id) != 32):
             raise ValueError("a client must know the 32-byte EndpointId it dials")
-        if preadmission and is_client:
+        if (preadmission or preadmission_streams) and is_client:
             raise ValueError("pre-admission limits apply to inbound (server) connections")
         window = limits.preadmission_window if preadmission else limits.connection_window
         configuration = QuicConfiguration(
@@ -124,8 +127,10 @@ class MeshQuicConnection(QuicConnection):
         self._expected_peer_id = expected_peer_id
         self._rx_window = window
         self._preadmission = preadmission
+        self._few_streams = preadmission_streams
         # Advertised in the transport parameters, which _initialize serialises.
-        self._local_max_streams_bidi.value = limits.preadmission_streams if preadmission else limits.max_streams_bidi
+        bidi = limits.preadmission_streams if preadmission_streams else limits.max_streams_bidi
+        self._local_max_streams_bidi.value = bidi
         self._local_max_streams_uni.value = limits.max_streams_uni
         self._rx_consumed: dict[int, int] = {}
         self._rx_consumed_total = 0
@@ -134,12 +139,14 @@ class MeshQuicConnection(QuicConnection):
 
     def admit(self) -> None:
         """The node admitted the peer: full receive window and stream credit from the next packet on."""
-        if not self._preadmission:
-            return
-        self._preadmission = False
-        self._rx_window = self.limits.connection_window
-        # aioquic adds one to the value for every stream that ends, so raise by the difference.
-        self._local_max_streams_bidi.value += max(0, self.limits.max_streams_bidi - self.limits.preadmission_streams)
+        if self._preadmission:
+            self._preadmission = False
+            self._rx_window = self.limits.connection_window
+        if self._few_streams:
+            self._few_streams = False
+            # aioquic adds one to the value for every stream that ends, so raise by the difference.
+            extra = max(0, self.limits.max_streams_bidi - self.limits.preadmission_streams)
+            self._local_max_streams_bidi.value += extra
 
     @property
     def preadmission(self) -> bool:

@@ -14,15 +14,14 @@ address, each closed after ``handshake_timeout``; once ``retry_threshold`` are
 pending, an Initial must carry a Retry token (:mod:`meshd.quic.retry`), so
 Initials from spoofed addresses no longer take slots.
 
-With ``admission`` (:class:`AdmissionLimits`) the endpoint also bounds inbound
-connections the node has not admitted yet (:meth:`MeshConnection.mark_admitted`):
-at most ``max_unadmitted`` (the oldest is closed for a newcomer), each closed
-after ``admission_timeout``, with the pre-admission receive window and stream
-credit of :class:`~meshd.quic.core.TransportLimits`.  Bytes that stream
-readers hold for a connection not yet admitted are charged against
-``preadmission_bytes_per_connection`` and ``preadmission_bytes_total``
-(:meth:`MeshConnection.charge_preadmission`); this budget holds with or without
-``admission``.
+Until the node marks it admitted (:meth:`MeshConnection.mark_admitted`), an
+inbound connection has the pre-admission receive window of
+:class:`~meshd.quic.core.TransportLimits` (256 KiB), and the bytes stream
+readers hold for it are charged against ``preadmission_bytes_per_connection``
+and ``preadmission_bytes_total`` (:meth:`MeshConnection.charge_preadmission`).
+With ``admission`` (:class:`AdmissionLimits`) the endpoint also bounds such
+connections: at most ``max_unadmitted`` (the oldest is closed for a newcomer),
+each closed after ``admission_timeout``, with the pre-admission stream credit.
 """
 
 from __future__ import annotations
@@ -162,6 +161,8 @@ class QuicEndpoint(DatagramProtocol):
         #: Bytes held by readers for connections not admitted (see charge_preadmission).
         self.preadmission_bytes = 0
         self.retries_sent = 0
+        self.unadmitted_evicted = 0
+        self.unadmitted_expired = 0
         self._port: IListeningPort | None = None
         self._dial_timers: set[IDelayedCall] = set()
         self.dropped_datagrams = 0
@@ -437,7 +438,8 @@ class QuicEndpoint(DatagramProtocol):
             original_destination_connection_id=odcid,
             retry_source_connection_id=retry_scid,
             limits=self.limits,
-            preadmission=self.admission is not None,
+            preadmission=True,
+            preadmission_streams=self.admission is not None,
         )
         conn = MeshConnection(self, quic, self._reactor, peer_address=address)
         self._connections.add(conn)
@@ -489,12 +491,15 @@ class QuicEndpoint(DatagramProtocol):
         assert self.admission is not None
         while len(self._unadmitted) >= self.admission.max_unadmitted:
             oldest = next(iter(self._unadmitted))
-            self._log.info(
-                "closing unadmitted connection {conn}: {n} connections wait for admission",
-                conn=oldest,
-                n=len(self._unadmitted),
-                event="unadmitted_evicted",
-            )
+            self.unadmitted_evicted += 1
+            if _power_of_two(self.unadmitted_evicted):  # an attack must not flood the log
+                self._log.info(
+                    "closing unadmitted connection {conn}: {max} connections wait for admission ({n} so far)",
+                    conn=oldest,
+                    max=self.admission.max_unadmitted,
+                    n=self.unadmitted_evicted,
+                    event="unadmitted_evicted",
+                )
             self._forget_unadmitted(oldest)
             oldest.close(0, "too many connections waiting for admission")
         timeout = self.admission.admission_timeout
@@ -503,12 +508,15 @@ class QuicEndpoint(DatagramProtocol):
     def _admission_expired(self, conn: MeshConnection) -> None:
         if self._unadmitted.pop(conn, None) is None:
             return
-        self._log.info(
-            "closing {conn}: not admitted within {secs:g}s",
-            conn=conn,
-            secs=self.admission.admission_timeout if self.admission else 0,
-            event="unadmitted_timeout",
-        )
+        self.unadmitted_expired += 1
+        if _power_of_two(self.unadmitted_expired):
+            self._log.info(
+                "closing {conn}: not admitted within {secs:g}s ({n} so far)",
+                conn=conn,
+                secs=self.admission.admission_timeout if self.admission else 0,
+                n=self.unadmitted_expired,
+                event="unadmitted_timeout",
+            )
         conn.close(0, "not admitted in time")
 
     def _forget_unadmitted(self, conn: MeshConnection) -> None:
@@ -551,6 +559,10 @@ class QuicEndpoint(DatagramProtocol):
         if bound.version == 6 and bound.is_unspecified:
             return True
         return bound.version == target.version
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
 
 
 def _failed(exc: Exception) -> Deferred[MeshConnection]:

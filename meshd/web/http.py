@@ -161,13 +161,9 @@ class LimitedChannel(HTTPChannel):
     def _deadline_passed(self, seconds: float, what: str) -> None:
         self._deadline = None
         peer = self.transport.getPeer() if self.transport is not None else None
-        self._log.info(
-            "closing a slow HTTP client {client}: {what} not complete within {secs:g}s",
-            client=getattr(peer, "host", "?"),
-            what=what,
-            secs=seconds,
-            event="http_slow_client",
-        )
+        site = self.site  # type: ignore[attr-defined]
+        if isinstance(site, LimitedSite):
+            site.note_slow_client(str(getattr(peer, "host", "?")), what, seconds)
         self.refuse(408, f"{what} not complete within {seconds:g} s")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -249,6 +245,7 @@ class LimitedSite(Site):
         self.open_connections = 0
         self.by_address: Counter[str] = Counter()
         self.refused_connections = 0
+        self.slow_clients = 0
 
     def clock(self) -> Any:
         """The reactor timers run on (``site.reactor`` is Twisted's hook for tests)."""
@@ -277,6 +274,19 @@ class LimitedSite(Site):
             self.open_connections += 1
             self.by_address[host] += 1
         return channel
+
+    def note_slow_client(self, client: str, what: str, seconds: float) -> None:
+        """Count a client cut for slowness; log the 1st, 2nd, 4th, 8th... (an attack must not flood the log)."""
+        self.slow_clients += 1
+        if self.slow_clients & (self.slow_clients - 1) == 0:
+            self._log.info(
+                "closing a slow HTTP client {client}: {what} not complete within {secs:g}s ({n} so far)",
+                client=client,
+                what=what,
+                secs=seconds,
+                n=self.slow_clients,
+                event="http_slow_client",
+            )
 
     def connection_closed(self, channel: LimitedChannel) -> None:
         host, channel.counted_as = channel.counted_as, None
