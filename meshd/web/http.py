@@ -117,6 +117,7 @@ class LimitedChannel(HTTPChannel):
         if self._refused_connection or self.transport is None:
             return
         self._refused_connection = True
+        self.setTimeout(None)  # the idle timeout is over too: the abort below ends it
         self.transport.write(_refusal_bytes(site, status, message, code))
         self.loseConnection()
         self._abort_call = site.clock().callLater(_ABORT_AFTER, self._abort)
