@@ -32,7 +32,10 @@ def raise_nofile_limit() -> tuple[int, int]:
     soft, hard = nofile_limits()
     target = _ENOUGH if hard == resource.RLIM_INFINITY else hard
     if soft != resource.RLIM_INFINITY and soft < target:
-        for wanted in (target, min(target, _ENOUGH)):
+        # The hard limit first; where the kernel caps lower than it says (macOS), smaller steps.
+        for wanted in (target, 65536, 10240):
+            if wanted <= soft or wanted > target:
+                continue
             try:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
                 break
