@@ -121,10 +121,10 @@ class QuicEndpoint(DatagramProtocol):
         its handshake completed.  ``None`` refuses inbound connections.
     :param limits: transport settings.
     :param inbound: bounds on inbound handshakes and on pre-admission buffering.
-    :param admission: bound inbound connections until :meth:`MeshConnection.mark_admitted`
-        (None: every connection counts as admitted once its handshake completed, for uses
-        without an admission step; the pre-admission byte budget still applies to connections
-        never marked admitted).
+    :param admission: also cap inbound connections not yet admitted (:meth:`MeshConnection.mark_admitted`),
+        close them after a deadline and give them little stream credit. None (uses without an
+        admission step) closes nothing for want of admission; the pre-admission window and byte
+        budget still apply to connections never marked admitted.
     """
 
     noisy = False  # no 'Starting protocol' line for every endpoint
