@@ -353,7 +353,7 @@ def test_connections_that_never_gossip_are_closed(mesh: Mesh) -> None:
     _client, api, _ = mesh.client(token)
     mesh.wait_models(api)
     before = proc_kib(host.proc.pid, "VmRSS")
-    proc = attack("idle-conns", token, "500", "30")
+    proc = attack("idle-conns", token, "500", "40")
     during = Latencies()
     while_running(proc, 0.3, lambda: during.call(chat(sdk(api))))
     result = outcome(proc)
@@ -370,7 +370,7 @@ def test_connections_that_never_gossip_are_closed(mesh: Mesh) -> None:
     assert result["closed_by_node"] == result["connected"]
     # the node closes each 10 s after its handshake (sooner when 128 newer ones wait); the attacker, busy
     # with 500 connections on a shared 2-core machine, notices a few seconds later
-    assert result["closed_within_s"] is not None and result["closed_within_s"] < 25
+    assert result["closed_within_s"] is not None and result["closed_within_s"] < 30
     assert len([r for r in host.records if r.get("event", "").startswith("unadmitted_")]) <= 20
     assert not during.failures
 
