@@ -66,4 +66,8 @@ api)
     ;;
 esac
 
+# Open files: the soft limit up to the hard one (a runtime may start us at 1,024; meshd sizes its HTTP
+# ports' connection limits from it and raises it itself too). Run with e.g. --ulimit nofile=65536:65536.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 exec twistd -n --pidfile= meshd "$@"

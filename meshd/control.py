@@ -23,19 +23,56 @@ from meshd.quic import MeshConnection, QuicStream
 STREAM_PROTOCOL_ERROR = 1
 
 
+class PreAdmissionBudget(ProtocolError):
+    """A peer not admitted yet sent a frame beyond what meshd holds for such peers."""
+
+
 class FrameReader:
     """Receiver that reads one ``[len][body]`` frame; ``result`` fires with the body.
 
     With ``wait_eof`` the result fires only once the peer finished its side too (bytes after the
     frame are an error). Bad framing resets the stream and fails ``result``.
+
+    While the connection's peer is not admitted, a frame may not declare more than
+    ``connection.preadmission_frame_limit`` bytes, and every byte received is charged to the
+    connection's pre-admission budget (:meth:`MeshConnection.charge_preadmission`) until the result
+    fires; a frame beyond either bound resets the stream before its bytes are kept.
     """
 
     def __init__(self, stream: QuicStream, *, wait_eof: bool = False) -> None:
         self.stream = stream
         self.wait_eof = wait_eof
         self.result: Deferred[bytes] = Deferred()
+        self.result.addBoth(self._settled)
         self._decoder = FrameDecoder()
         self._body: bytes | None = None
+        self._charged = 0
+
+    def _connection(self) -> MeshConnection | None:
+        return getattr(self.stream, "connection", None)
+
+    def _charge(self, count: int) -> None:
+        conn = self._connection()
+        if conn is None or conn.admitted:
+            return
+        if not conn.charge_preadmission(count):
+            raise PreAdmissionBudget("pre-admission byte budget exhausted (peer not admitted yet)")
+        self._charged += count
+
+    def _check_declared(self) -> None:
+        conn = self._connection()
+        limit = conn.preadmission_frame_limit if conn is not None else None
+        declared = self._decoder.expected_length
+        if limit is not None and declared is not None and declared > limit:
+            raise PreAdmissionBudget(f"frame of {declared} bytes from a peer not admitted yet (limit {limit})")
+
+    def _settled(self, result: object) -> object:
+        conn = self._connection()
+        if conn is not None and self._charged:
+            conn.release_preadmission(self._charged)
+        self._charged = 0
+        self._decoder.discard()  # a refused frame's bytes go now, not when the reader is collected
+        return result
 
     def dataReceived(self, data: bytes) -> None:
         if self.result.called:
@@ -45,7 +82,10 @@ class FrameReader:
                 if data:
                     raise ProtocolError("unexpected bytes after the frame")
                 return
+            self._charge(len(data))
             frames = self._decoder.feed(data)
+            if not frames:
+                self._check_declared()
         except ProtocolError as e:
             self._fail(e, reset=True)
             return
@@ -76,10 +116,11 @@ class FrameReader:
             self.result.errback(reason)
 
     def _fail(self, exc: Exception, *, reset: bool) -> None:
-        if reset:
-            self.stream.reset(STREAM_PROTOCOL_ERROR)
+        # The result first: resetting calls our connectionLost, which would report the reset instead.
         if not self.result.called:
             self.result.errback(exc)
+        if reset:
+            self.stream.reset(STREAM_PROTOCOL_ERROR)
 
 
 class Discard:

@@ -10,7 +10,6 @@ backend's, or the ``--model`` names when given. What the backend says about its 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,11 +21,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from meshd import jsonbound
 from meshd.ingress import HostIngress
 from meshd.mesh.models import LocalModel
 from meshd.node import Node
 from meshd.quic import MeshConnection, QuicStream
 from meshd.tunnel import Backend, HostTunnel
+from meshd.webclient import read_limited
 
 POLL_INTERVAL = 10.0
 POLL_TIMEOUT = 5.0
@@ -219,12 +220,10 @@ class BackendWatch(Service):
 
         async def run() -> None:
             resp = await self._http.get(url, timeout=POLL_TIMEOUT, reactor=self._reactor)
-            body = await resp.content()
+            body = await read_limited(resp, MAX_MODELS_BODY)
             if resp.code != 200:
                 raise ValueError(f"GET /v1/models answered {resp.code}")
-            if len(body) > MAX_MODELS_BODY:
-                raise ValueError("model list too large")
-            names, facts = parse_model_list(json.loads(body))
+            names, facts = parse_model_list(jsonbound.loads(body, max_bytes=MAX_MODELS_BODY))
             came_up = not self.healthy
             changed = names != self.backend_models
             self.model_facts = facts
@@ -250,10 +249,10 @@ class BackendWatch(Service):
         try:
             url = self.backend.url.rstrip("/") + path
             resp = await self._http.get(url, timeout=POLL_TIMEOUT, reactor=self._reactor)
-            body = await resp.content()
-            if resp.code != 200 or len(body) > MAX_PROPS_BODY:
+            body = await read_limited(resp, MAX_PROPS_BODY)
+            if resp.code != 200:
                 return None
-            return json.loads(body)
+            return jsonbound.loads(body, max_bytes=MAX_PROPS_BODY)
         except CancelledError:
             raise  # the watch is stopping
         except Exception:  # not llama-server, or it did not answer

@@ -56,6 +56,7 @@ from meshd.protocol.validate import (
 )
 from meshd.protocol.version import ANNOUNCED_VERSION
 from meshd.quic import MeshConnection, QuicEndpoint, QuicStream
+from meshd.quic.endpoint import AdmissionLimits
 from meshd.relay.client import RelayClientConfig
 from meshd.relay.node_relay import NodeRelay
 
@@ -195,7 +196,10 @@ class Node(Service):
         super().privilegedStartService()
         if self.endpoint is None:
             self.endpoint = QuicEndpoint(
-                self._reactor, self.identity.private_key, on_connection=self._on_inbound_connection
+                self._reactor,
+                self.identity.private_key,
+                on_connection=self._on_inbound_connection,
+                admission=AdmissionLimits(),
             )
             self.endpoint.listen(self.config.bind_port, interface=self.config.bind_address)
             port = self.endpoint.getHost().port  # type: ignore[attr-defined]
@@ -469,6 +473,8 @@ class Node(Service):
             if problem is not None:
                 raise JoinError(f"peer {conn.remote_id.hex()[:10]}: {problem}")
             self._apply_gossip(conn.remote_id, reply)
+            if self.mesh.is_admitted(conn.remote_id):
+                conn.mark_admitted()  # lifts the pre-admission bounds of the QUIC layer
 
         return Deferred.fromCoroutine(run())
 
@@ -729,6 +735,8 @@ class Node(Service):
             return
         reply_frame(stream, self.gossip_frame())
         self._apply_gossip(conn.remote_id, frame)
+        if self.mesh.is_admitted(conn.remote_id):
+            conn.mark_admitted()  # lifts the pre-admission bounds of the QUIC layer
         self._dial_learned_peers()
 
     def _direct_entry_problem(self, remote_id: bytes, frame: node_pb2.GossipFrame) -> str | None:

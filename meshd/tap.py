@@ -55,6 +55,7 @@ from meshd.discovery.publish import Publisher  # noqa: E402
 from meshd.discovery.relay import RelayPool  # noqa: E402
 from meshd.host import BackendWatch  # noqa: E402
 from meshd.identity import Identity, IdentityError, load_or_create_key  # noqa: E402
+from meshd.limits import raise_nofile_limit  # noqa: E402
 from meshd.logs import LEVELS as LOG_LEVELS  # noqa: E402
 from meshd.logs import set_level as set_log_level  # noqa: E402
 from meshd.node import Node  # noqa: E402
@@ -656,6 +657,9 @@ def _shared_gate(config: Config, reactor: Any) -> Any:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    # Before the HTTP ports size their connection limits from it (docs/security.md).
+    before, after = raise_nofile_limit()
+    Logger().info("open files limit {before} -> {after}", before=before, after=after, event="nofile_limit")
     try:
         return build_service(options.config, reactor)
     except IdentityError as e:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import json
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -28,10 +27,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from meshd import jsonbound
 from meshd.agentapi.translate import Output as TranslatorOutput
 from meshd.agentapi.translate import Translator
 from meshd.concurrency import Admission, ConcurrencyLimiter
 from meshd.httpwire import (
+    MAX_BODY_BYTES,
     HTTPWireError,
     ParsedRequest,
     RequestParser,
@@ -125,8 +126,8 @@ def requested_model(body: bytes) -> str | None:
     if body.lstrip()[:1] != b"{":
         return None
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
+        data = jsonbound.loads(body, max_bytes=MAX_BODY_BYTES)
+    except jsonbound.BadJSON:
         return None
     model = data.get("model") if isinstance(data, dict) else None
     return model if isinstance(model, str) else None
@@ -390,12 +391,30 @@ class HostTunnel:
         self._timer: Any = None
         self._arm(REQUEST_READ_TIMEOUT, self._request_timeout)
         self._model: str | None = None
+        self._charged = 0
 
     # stream receiver -----------------------------------------------------------------------
+
+    def _charge(self, count: int) -> bool:
+        """Hold ``count`` more request bytes. Where the node tracks admission and serves tunnels before
+        it (mesh-llm 0.76's passive SDK path), a peer not admitted yet has a small budget for them
+        (:meth:`MeshConnection.charge_preadmission`), released when the tunnel ends."""
+        conn = getattr(self.stream, "connection", None)
+        if conn is None or conn.admitted or not conn.admission_tracked:
+            return True
+        if not conn.charge_preadmission(count):
+            return False
+        self._charged += count
+        return True
 
     def dataReceived(self, data: bytes) -> None:
         if self.state is not TunnelState.READING:
             return  # one request per stream; anything after it is ignored
+        if not self._charge(len(data)):
+            self._answer_error(
+                413, "request too large for a peer that is not admitted to the mesh yet", "request_too_large"
+            )
+            return
         try:
             request = self._parser.feed(data)
         except HTTPWireError as e:
@@ -712,3 +731,7 @@ class HostTunnel:
         if self._holds_slot:
             self._holds_slot = False
             self.backend.release()
+        conn = getattr(self.stream, "connection", None)
+        if self._charged and conn is not None:
+            conn.release_preadmission(self._charged)
+            self._charged = 0

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 from twisted.logger import LogLevel, globalLogPublisher
+
+# Property tests: in CI a fixed seed and a bounded count (the same examples every run); for a release
+# a long run, e.g. ``MESHD_HYPOTHESIS=release scripts/test tests/unit`` (docs/security.md).
+settings.register_profile("ci", derandomize=True, database=None, max_examples=100, deadline=None)
+settings.register_profile(
+    "release",
+    derandomize=False,
+    max_examples=5000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("MESHD_HYPOTHESIS", "ci"))
 
 # Real parts for integration tests: llama-server with a tiny model, real Nostr relays, the real
 # mesh-llm 0.76 client (its Node SDK in a Debian 13 chroot) and mesh-llm 0.76's console (from that package).

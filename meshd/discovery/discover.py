@@ -15,7 +15,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
-from meshd.discovery.errors import NoRelayAvailable
+from meshd.discovery.errors import InvalidEvent, NoRelayAvailable
 from meshd.discovery.listing import (
     DiscoveredMesh,
     MeshFilter,
@@ -23,6 +23,7 @@ from meshd.discovery.listing import (
     discovery_filter,
     process_events,
 )
+from meshd.discovery.nip01 import Event, event_from_dict
 from meshd.discovery.relay import UP, RelayPool
 
 __all__ = ["DISCOVERY_WINDOW", "FetchResult", "discover", "fetch_events"]
@@ -31,6 +32,9 @@ _log = Logger()
 
 DISCOVERY_WINDOW = 5.0
 MAX_EVENTS_PER_DISCOVERY = 10_000
+#: Text (contents and tags) kept from the events of one discovery round; relays may send 512 KiB
+#: messages, so the event count alone would let a relay park gigabytes here.
+MAX_FETCH_TEXT_BYTES = 32 * 1024 * 1024
 
 
 @attrs.frozen
@@ -46,6 +50,7 @@ def fetch_events(
     *,
     window: float = DISCOVERY_WINDOW,
     max_events: int = MAX_EVENTS_PER_DISCOVERY,
+    max_text_bytes: int = MAX_FETCH_TEXT_BYTES,
 ) -> Deferred[FetchResult]:
     """Send one REQ to every relay of a running pool and collect raw events until every up relay sent
     EOSE/CLOSED and no relay is on its first connect attempt, or until ``window`` seconds passed."""
@@ -54,10 +59,21 @@ def fetch_events(
     events: list[dict[str, Any]] = []
     eose: set[str] = set()
     ever_up: set[str] = set(pool.up_urls())
+    kept_text = 0
 
     def on_event(url: str, event: dict[str, Any]) -> None:
-        if len(events) < max_events:
-            events.append(event)
+        nonlocal kept_text
+        if len(events) >= max_events:
+            return
+        try:
+            size = _text_size(event_from_dict(event))  # the shape only; signatures are checked later
+        except InvalidEvent as e:
+            _log.debug("dropping Nostr event from {url}: {reason}", url=url, reason=e.reason)
+            return
+        if kept_text + size > max_text_bytes:
+            return
+        kept_text += size
+        events.append(event)
 
     def on_eose(url: str) -> None:
         eose.add(url)
@@ -146,3 +162,7 @@ def discover(
 
         d.addBoth(stop_pool)
     return d
+
+
+def _text_size(event: Event) -> int:
+    return len(event.content) + sum(len(item) for tag in event.tags for item in tag) + 256

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
+from meshd import jsonbound
 from meshd.discovery.errors import InvalidEvent, InvalidListing
 from meshd.discovery.keys import NostrKeys, npub_encode
 from meshd.discovery.nip01 import Event, loads_strict, validate_event
@@ -146,8 +147,8 @@ class MeshListing:
     def from_json(cls, text: str | bytes) -> MeshListing:
         try:
             obj = loads_strict(text)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidListing(f"content is not JSON: {e}") from e
+        except jsonbound.BadJSON as e:
+            raise InvalidListing(f"content is not acceptable JSON: {e.reason}") from None
         return cls.from_dict(obj)
 
 
@@ -251,6 +252,9 @@ def process_events(
         except InvalidEvent as e:
             _log.debug("dropping Nostr event: {reason}", reason=str(e))
             continue
+        except Exception as e:  # one event never ends a discovery round, whatever is wrong with it
+            _log.info("dropping Nostr event: {error}", error=_describe(e), event="nostr_event_dropped")
+            continue
         if event.id in seen_ids:
             continue
         seen_ids.add(event.id)
@@ -262,22 +266,43 @@ def process_events(
 
     meshes: list[DiscoveredMesh] = []
     for event in latest.values():
-        expires_at = _expiration(event)
-        if expires_at is not None and expires_at < now:
-            continue
-        npub = npub_encode(event.pubkey)
         try:
-            listing = MeshListing.from_json(event.content)
-        except InvalidListing as e:
-            _log.info("skipping Nostr listing from {npub}: {reason}", npub=npub, reason=e.reason)
+            found = _mesh_of(event, now=now, mesh_filter=mesh_filter, token_ok=token_ok)
+        except Exception as e:  # a bug or a case nobody foresaw: drop this listing, keep the others
+            _log.info(
+                "skipping Nostr listing {event_id}: {error}",
+                event_id=event.id,
+                error=_describe(e),
+                event="nostr_event_dropped",
+            )
             continue
-        if not token_ok(listing.invite_token):
-            _log.info("skipping Nostr listing from {npub}: undecodable invite token", npub=npub)
-            continue
-        if mesh_filter is not None and not mesh_filter.matches(listing):
-            continue
-        meshes.append(
-            DiscoveredMesh(listing=listing, publisher_npub=npub, published_at=event.created_at, expires_at=expires_at)
-        )
+        if found is not None:
+            meshes.append(found)
     meshes.sort(key=lambda m: (m.listing.node_count, m.listing.total_vram_bytes), reverse=True)
     return meshes
+
+
+def _mesh_of(
+    event: Event, *, now: int, mesh_filter: MeshFilter | None, token_ok: Callable[[str], bool]
+) -> DiscoveredMesh | None:
+    """The mesh a verified listing event describes, or None when it is expired, unusable or filtered."""
+    expires_at = _expiration(event)
+    if expires_at is not None and expires_at < now:
+        return None
+    npub = npub_encode(event.pubkey)
+    try:
+        listing = MeshListing.from_json(event.content)
+    except InvalidListing as e:
+        _log.info("skipping Nostr listing from {npub}: {reason}", npub=npub, reason=e.reason)
+        return None
+    if not token_ok(listing.invite_token):
+        _log.info("skipping Nostr listing from {npub}: undecodable invite token", npub=npub)
+        return None
+    if mesh_filter is not None and not mesh_filter.matches(listing):
+        return None
+    return DiscoveredMesh(listing=listing, publisher_npub=npub, published_at=event.created_at, expires_at=expires_at)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

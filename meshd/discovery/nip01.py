@@ -18,14 +18,16 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import attrs
 from coincurve import PrivateKey, PublicKeyXOnly
 
+from meshd import jsonbound
 from meshd.discovery.errors import InvalidEvent, MalformedMessage
 
 __all__ = [
+    "MAX_NOSTR_JSON_BYTES",
     "MAX_SUBSCRIPTION_ID_LENGTH",
     "Event",
     "RelayClosed",
@@ -50,17 +52,15 @@ __all__ = [
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX128 = re.compile(r"[0-9a-f]{128}")
 MAX_SUBSCRIPTION_ID_LENGTH = 64
+#: Largest Nostr JSON text decoded (a relay message, or a listing's content inside one). The relay
+#: pool already refuses websocket messages over 512 KiB; this bound holds for any other caller too.
+MAX_NOSTR_JSON_BYTES = 1024 * 1024
 
 
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def loads_strict(text: str | bytes) -> Any:
-    """``json.loads`` that refuses NaN/Infinity and invalid UTF-8."""
-    if isinstance(text, bytes | bytearray):
-        text = bytes(text).decode("utf-8")  # strict: raises UnicodeDecodeError
-    return json.loads(text, parse_constant=_reject_constant)
+def loads_strict(text: str | bytes, *, max_bytes: int = MAX_NOSTR_JSON_BYTES) -> Any:
+    """Bounded JSON (:func:`meshd.jsonbound.loads`): UTF-8 only, no NaN/Infinity, at most 127 levels
+    deep, numbers of at most 100 characters, at most ``max_bytes``. Raises ``jsonbound.BadJSON``."""
+    return jsonbound.loads(text, max_bytes=max_bytes)
 
 
 def _dumps(obj: Any) -> str:
@@ -294,8 +294,8 @@ def parse_relay_message(data: str | bytes) -> RelayMessage:
     """Parse one websocket text message from a relay. Raises :class:`MalformedMessage`."""
     try:
         msg = loads_strict(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise MalformedMessage(f"not JSON: {e}") from e
+    except jsonbound.BadJSON as e:
+        raise MalformedMessage(e.reason) from None
     if not isinstance(msg, list) or not msg or not isinstance(msg[0], str):
         raise MalformedMessage("not a JSON array starting with a message type string")
     kind = msg[0]

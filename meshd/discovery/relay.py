@@ -281,6 +281,13 @@ class _RelayLink(Service):
         except MalformedMessage as e:
             self.log.warn("dropping malformed message from {url}: {reason}", url=self.url, reason=e.reason)
             return
+        except Exception as e:  # never let one message drop the relay's connection
+            self.log.warn(
+                "dropping a message from {url} that could not be read: {error}",
+                url=self.url,
+                error=f"{type(e).__name__}: {str(e)[:200]}",
+            )
+            return
         try:
             self._dispatch(msg)
         except Exception:

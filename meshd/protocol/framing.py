@@ -150,6 +150,11 @@ class FrameDecoder:
                 self._length = None
         return frames
 
+    def discard(self) -> None:
+        """Drop whatever is held for the frame in progress (the reader gave up on it)."""
+        self._header = bytearray()
+        self._body = bytearray()
+
     def finish(self) -> None:
         """Call at end of stream: raises :class:`TruncatedFrame` if a frame is incomplete."""
         if self._error is not None:

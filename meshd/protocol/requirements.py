@@ -29,6 +29,7 @@ from typing import Any, Final
 import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from meshd import jsonbound
 from meshd.protocol import node_pb2
 from meshd.protocol.ed25519 import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, decompress_point, public_key_bytes, verify_strict
 from meshd.protocol.errors import ProtocolError
@@ -36,6 +37,7 @@ from meshd.protocol.semver import SemVer, SemVerError, parse_node_version, prece
 
 __all__ = [
     "ED25519",
+    "MAX_TOKEN_JSON_BYTES",
     "MAX_TOKEN_JSON_DEPTH",
     "REASONS",
     "SIGNED_BOOTSTRAP_TOKEN_LIFETIME_MS",
@@ -59,7 +61,9 @@ ED25519: Final = "ed25519"
 #: Lifetime mesh-llm gives the tokens it signs (``SIGNED_BOOTSTRAP_TOKEN_LIFETIME_MS``, 24 h).
 SIGNED_BOOTSTRAP_TOKEN_LIFETIME_MS: Final = 24 * 60 * 60 * 1000
 #: Deepest nesting of JSON arrays/objects accepted in a token (serde_json's default limit is 128).
-MAX_TOKEN_JSON_DEPTH: Final = 127
+MAX_TOKEN_JSON_DEPTH: Final = jsonbound.MAX_DEPTH
+#: Largest token JSON decoded (a 64 Ki-character base64 token decodes to 48 KiB).
+MAX_TOKEN_JSON_BYTES: Final = 64 * 1024
 
 _GENESIS_POLICY_VERSION = 1
 _SIGNED_GENESIS_POLICY_VERSION = 1
@@ -471,34 +475,6 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> _JsonObject:
     return obj
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json_depth_ok(text: str, limit: int) -> bool:
-    """Whether arrays/objects nest at most ``limit`` deep (strings are skipped correctly)."""
-    depth = 0
-    in_string = False
-    escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return False
-        elif char in "]}":
-            depth -= 1
-    return True
-
-
 def _invalid(detail: str) -> RequirementError:
     return RequirementError("bootstrap_token_invalid", detail)
 
@@ -616,16 +592,16 @@ def _policy_from_fields(fields: _Fields) -> MeshGenesisPolicy:
     )
 
 
-def parse_json_strict(data: bytes, *, max_depth: int = MAX_TOKEN_JSON_DEPTH) -> Any:
-    """JSON as serde_json reads it: UTF-8, no NaN/Infinity, bounded nesting, no trailing data.
+def parse_json_strict(
+    data: bytes, *, max_depth: int = MAX_TOKEN_JSON_DEPTH, max_bytes: int = MAX_TOKEN_JSON_BYTES
+) -> Any:
+    """JSON as serde_json reads it: UTF-8, no NaN/Infinity, bounded nesting, numbers and size, no
+    trailing data (:func:`meshd.jsonbound.loads`).
 
     Duplicate keys are kept on the objects (:class:`_JsonObject`) for the field readers.
-    Raises ``ValueError``.
+    Raises :class:`meshd.jsonbound.BadJSON` (a ``ValueError``).
     """
-    text = data.decode("utf-8")  # UnicodeDecodeError is a ValueError
-    if not _json_depth_ok(text, max_depth):
-        raise ValueError(f"JSON nested deeper than {max_depth} levels")
-    return json.loads(text, object_pairs_hook=_object_pairs, parse_constant=_reject_constant)
+    return jsonbound.loads(data, max_bytes=max_bytes, max_depth=max_depth, object_pairs_hook=_object_pairs)
 
 
 @attrs.frozen
@@ -655,8 +631,8 @@ class SignedBootstrapToken:
         """
         try:
             value = parse_json_strict(data)
-        except (ValueError, RecursionError) as exc:
-            raise _invalid(f"not JSON: {exc}") from None
+        except jsonbound.BadJSON as exc:
+            raise _invalid(exc.reason) from None
         return cls.from_jsonable(value)
 
     @classmethod

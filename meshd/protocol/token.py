@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from meshd import jsonbound
 from meshd.protocol.errors import InvalidToken
 from meshd.protocol.keys import (
     ENDPOINT_ID_BYTES,
@@ -222,14 +223,18 @@ class EndpointAddr:
         """Parse iroh's EndpointAddr JSON; raise :class:`InvalidToken` when it is not one.
 
         Unknown address variants (e.g. iroh 0.98's ``{"Custom": ...}``) are skipped. The JSON is
-        read strictly (UTF-8, bounded nesting: a deeply nested gossip ``serialized_addr`` is an
-        error, not a ``RecursionError``).
+        read with :func:`meshd.jsonbound.loads` (UTF-8, at most 64 KiB, 127 levels deep, numbers of
+        at most 100 characters: a deeply nested gossip ``serialized_addr`` is an
+        :class:`InvalidToken`, not a ``RecursionError``).
         """
         try:
             raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        except UnicodeEncodeError:
+            raise InvalidToken("not JSON: lone surrogate in the text") from None
+        try:
             obj = parse_json_strict(raw)
-        except (ValueError, TypeError, RecursionError) as exc:
-            raise InvalidToken(f"not JSON: {exc}") from None
+        except jsonbound.BadJSON as exc:
+            raise InvalidToken(exc.reason) from None
         return cls.from_jsonable(obj)
 
     @classmethod
@@ -341,10 +346,8 @@ def decode_invite_token(token: str, *, now_ms: int) -> Invite:
     payload = decode_token_payload(token)
     try:
         obj = parse_json_strict(payload)
-    except UnicodeDecodeError:
-        raise InvalidToken("decoded token is not UTF-8 text") from None
-    except (ValueError, RecursionError) as exc:
-        raise InvalidToken(f"not JSON: {exc}") from None
+    except jsonbound.BadJSON as exc:
+        raise InvalidToken(f"decoded token: {exc.reason}") from None
     if not (isinstance(obj, dict) and "serialized_addrs" in obj and "id" not in obj):
         duplicates: frozenset[str] = getattr(obj, "duplicates", frozenset())
         if duplicates & {"id", "addrs"}:

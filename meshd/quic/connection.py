@@ -92,6 +92,9 @@ class MeshConnection:
         self.cids: set[bytes] = set()
         #: When the last datagram from the peer arrived (liveness: keep-alive PINGs every 5 s).
         self.last_received: float = reactor.seconds()
+        #: Set by :meth:`mark_admitted`; until then readers are held to the pre-admission budget.
+        self.admitted = False
+        self._preadmission_charged = 0
 
     def __repr__(self) -> str:
         rid = self.remote_id.hex()[:10] if self.remote_id else "?"
@@ -144,6 +147,59 @@ class MeshConnection:
         d: Deferred[CloseReason] = Deferred()
         self._closed_waiters.append(d)
         return d
+
+    def mark_admitted(self) -> None:
+        """The node admitted the peer (it completed a gossip exchange and passed the mesh's checks).
+
+        From now on the connection is no longer closed for want of admission, its readers are no
+        longer held to the pre-admission byte budget, and (inbound) the peer gets the full receive
+        window and stream credit. Idempotent.
+        """
+        if self.admitted:
+            return
+        self.admitted = True
+        self._release_all_preadmission()
+        self._endpoint._connection_admitted(self)
+        if self.close_reason is None:
+            self._quic.admit()
+            self._transmit_soon()
+
+    @property
+    def admission_tracked(self) -> bool:
+        """Whether the endpoint bounds this connection until :meth:`mark_admitted` (``admission``)."""
+        return self._endpoint.admission is not None
+
+    @property
+    def preadmission_frame_limit(self) -> int | None:
+        """Largest frame a reader may accept from this peer now (None once admitted)."""
+        if self.admitted:
+            return None
+        return self._endpoint.inbound.preadmission_bytes_per_connection
+
+    def charge_preadmission(self, count: int) -> bool:
+        """A reader is about to hold ``count`` more bytes for this peer. False (nothing charged) when
+        the peer is not admitted and that would pass this connection's or the endpoint's budget."""
+        if self.admitted or count <= 0:
+            return True
+        inbound = self._endpoint.inbound
+        if (
+            self._preadmission_charged + count > inbound.preadmission_bytes_per_connection
+            or self._endpoint.preadmission_bytes + count > inbound.preadmission_bytes_total
+        ):
+            return False
+        self._preadmission_charged += count
+        self._endpoint.preadmission_bytes += count
+        return True
+
+    def release_preadmission(self, count: int) -> None:
+        """A reader let go of ``count`` bytes it charged (extra releases are ignored)."""
+        count = min(count, self._preadmission_charged)
+        if count > 0:
+            self._preadmission_charged -= count
+            self._endpoint.preadmission_bytes -= count
+
+    def _release_all_preadmission(self) -> None:
+        self.release_preadmission(self._preadmission_charged)
 
     def stats(self) -> ConnectionStats:
         smoothed, rtt_min, latest = self._quic.rtt()
@@ -352,6 +408,7 @@ class MeshConnection:
             stream._on_connection_lost(reason)
         self._streams.clear()
         self._pending_inbound.clear()
+        self._release_all_preadmission()
         self._endpoint._connection_ended(self)
         waiters, self._handshake_waiters = self._handshake_waiters, []
         for d in waiters:

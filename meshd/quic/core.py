@@ -4,7 +4,13 @@
    :class:`~meshd.quic.tls.RawPublicKeyContext` (iroh's raw-public-key TLS).
 2. Limits: the peer may open ``max_streams_bidi`` (1024, as mesh-llm) bidi
    streams at once; idle timeout 30 s; QUIC v1 only.
-3. Receive flow control follows what the *application consumed*, not what
+3. Before admission an inbound (server-side) connection gets a small receive
+   window (``preadmission_window``, 256 KiB: all a peer can park in aioquic's
+   buffers, out-of-order data included) and, where the endpoint tracks
+   admission, ``preadmission_streams`` (16) bidi streams;
+   :meth:`MeshQuicConnection.admit` raises both to the full limits
+   (MAX_DATA / MAX_STREAMS frames follow).
+4. Receive flow control follows what the *application consumed*, not what
    arrived.  Stock aioquic doubles MAX_STREAM_DATA / MAX_DATA as soon as half
    the window has *arrived*, so a slow reader cannot hold back a fast sender.
    Here the adapter reports consumed bytes with :meth:`MeshQuicConnection.consume`
@@ -59,6 +65,10 @@ class TransportLimits:
     send_high_water: int = 1024 * 1024
     #: Unsent bytes per stream above which ``write`` raises (no producer used).
     send_hard_limit: int = 16 * 1024 * 1024
+    #: Connection-wide receive window of an inbound connection not yet admitted by the node.
+    preadmission_window: int = 256 * 1024
+    #: Bidirectional streams an inbound peer may have open at once before it is admitted.
+    preadmission_streams: int = 16
 
 
 DEFAULT_LIMITS = TransportLimits()
@@ -73,6 +83,10 @@ class MeshQuicConnection(QuicConnection):
     :param expected_peer_id: client side: the EndpointId being dialled.
     :param original_destination_connection_id: server side: the DCID of the
         client's first Initial packet.
+    :param retry_source_connection_id: server side, after a Retry: the source CID
+        of our Retry packet (the DCID of the client's Initial that carried the token).
+    :param preadmission: server side: start with the pre-admission window until :meth:`admit`.
+    :param preadmission_streams: server side: and with the pre-admission stream credit.
     """
 
     def __init__(
@@ -83,15 +97,21 @@ class MeshQuicConnection(QuicConnection):
         alpn_protocols: list[bytes],
         expected_peer_id: bytes | None = None,
         original_destination_connection_id: bytes | None = None,
+        retry_source_connection_id: bytes | None = None,
         limits: TransportLimits = DEFAULT_LIMITS,
+        preadmission: bool = False,
+        preadmission_streams: bool = False,
     ) -> None:
         if is_client and (expected_peer_id is None or len(expected_peer_id) != 32):
             raise ValueError("a client must know the 32-byte EndpointId it dials")
+        if (preadmission or preadmission_streams) and is_client:
+            raise ValueError("pre-admission limits apply to inbound (server) connections")
+        window = limits.preadmission_window if preadmission else limits.connection_window
         configuration = QuicConfiguration(
             is_client=is_client,
             alpn_protocols=[p.decode("ascii") for p in alpn_protocols],
             idle_timeout=limits.idle_timeout,
-            max_data=limits.connection_window,
+            max_data=window,
             max_stream_data=limits.stream_window,
             certificate=RawPublicKeyCertificate(public_key_bytes(private_key)),
             private_key=private_key,
@@ -100,15 +120,38 @@ class MeshQuicConnection(QuicConnection):
         super().__init__(
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,
+            retry_source_connection_id=retry_source_connection_id,
         )
         self.limits = limits
         self._private_key = private_key
         self._expected_peer_id = expected_peer_id
+        self._rx_window = window
+        self._preadmission = preadmission
+        self._few_streams = preadmission_streams
         # Advertised in the transport parameters, which _initialize serialises.
-        self._local_max_streams_bidi.value = limits.max_streams_bidi
+        bidi = limits.preadmission_streams if preadmission_streams else limits.max_streams_bidi
+        self._local_max_streams_bidi.value = bidi
         self._local_max_streams_uni.value = limits.max_streams_uni
         self._rx_consumed: dict[int, int] = {}
         self._rx_consumed_total = 0
+
+    # Admission
+
+    def admit(self) -> None:
+        """The node admitted the peer: full receive window and stream credit from the next packet on."""
+        if self._preadmission:
+            self._preadmission = False
+            self._rx_window = self.limits.connection_window
+        if self._few_streams:
+            self._few_streams = False
+            # aioquic adds one to the value for every stream that ends, so raise by the difference.
+            extra = max(0, self.limits.max_streams_bidi - self.limits.preadmission_streams)
+            self._local_max_streams_bidi.value += extra
+
+    @property
+    def preadmission(self) -> bool:
+        """True while the pre-admission window and stream credit are in force."""
+        return self._preadmission
 
     # TLS
 
@@ -178,7 +221,7 @@ class MeshQuicConnection(QuicConnection):
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         max_data = self._local_max_data
-        window = self.limits.connection_window
+        window = self._rx_window
         if max_data.value - self._rx_consumed_total < window // 2:
             max_data.value = self._rx_consumed_total + window
         for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):

@@ -7,20 +7,39 @@ with an unknown CID starts a new server-side connection (if the endpoint
 accepts connections); anything unparseable or unroutable is logged and
 dropped.  It needs only ``IReactorUDP`` (for :meth:`QuicEndpoint.listen`) and
 ``IReactorTime``, so a ``Clock`` plus an in-memory transport drives it in tests.
+
+Inbound handshakes are bounded (:class:`InboundLimits`): at most
+``max_pending_handshakes`` at once and ``max_pending_per_source`` per source
+address, each closed after ``handshake_timeout``; once ``retry_threshold`` are
+pending, an Initial must carry a Retry token (:mod:`meshd.quic.retry`), so
+Initials from spoofed addresses no longer take slots.
+
+Until the node marks it admitted (:meth:`MeshConnection.mark_admitted`), an
+inbound connection has the pre-admission receive window of
+:class:`~meshd.quic.core.TransportLimits` (256 KiB), and the bytes stream
+readers hold for it are charged against ``preadmission_bytes_per_connection``
+and ``preadmission_bytes_total`` (:meth:`MeshConnection.charge_preadmission`).
+With ``admission`` (:class:`AdmissionLimits`) the endpoint also bounds such
+connections: at most ``max_unadmitted`` (the oldest is closed for a newcomer),
+each closed after ``admission_timeout``, with the pre-admission stream credit.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import attrs
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
 from aioquic.quic.packet import (
     QuicPacketType,
     QuicProtocolVersion,
+    encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
@@ -34,9 +53,10 @@ from twisted.python.failure import Failure
 from meshd.quic.connection import Address, MeshConnection
 from meshd.quic.core import DEFAULT_LIMITS, MeshQuicConnection, TransportLimits
 from meshd.quic.errors import CloseReason, DialFailed, DialTimeout, QuicError
+from meshd.quic.retry import DEFAULT_LIFETIME, RetryTokens
 from meshd.quic.tls import public_key_bytes
 
-__all__ = ["ALPN_MESH_V1", "QuicEndpoint"]
+__all__ = ["ALPN_MESH_V1", "AdmissionLimits", "InboundLimits", "QuicEndpoint"]
 
 ALPN_MESH_V1 = b"mesh-llm/1"
 _CID_LENGTH = 8  # aioquic's default local connection ID length
@@ -56,6 +76,42 @@ def _normalise(addr: Any) -> Address:
     return (str(addr[0]), int(addr[1]))
 
 
+@attrs.frozen
+class InboundLimits:
+    """Bounds on inbound handshakes (always in force)."""
+
+    #: Inbound handshakes in progress at once.
+    max_pending_handshakes: int = 256
+    #: Inbound handshakes in progress at once from one source address (an IP; a relay path's peer).
+    max_pending_per_source: int = 16
+    #: From this many pending handshakes on, an Initial without a valid Retry token gets a Retry
+    #: packet instead of a handshake (0: always; relay paths are never asked, their sender is
+    #: authenticated by the relay).
+    retry_threshold: int = 32
+    #: Seconds a Retry token is good for.
+    retry_token_lifetime: float = DEFAULT_LIFETIME
+    #: An inbound handshake not complete after this many seconds is abandoned.
+    handshake_timeout: float = 10.0
+    #: Bytes that readers may hold for frames of one connection the node has not admitted.
+    preadmission_bytes_per_connection: int = 1024 * 1024
+    #: The same, over all connections not admitted.
+    preadmission_bytes_total: int = 16 * 1024 * 1024
+
+
+@attrs.frozen
+class AdmissionLimits:
+    """Bounds on inbound connections past their handshake that the node has not admitted yet."""
+
+    #: Such connections at once; a new one closes the oldest.
+    max_unadmitted: int = 128
+    #: Seconds a connection has to be admitted (complete a gossip exchange) before it is closed, when it has no
+    #: stream open (one with a stream in progress, e.g. an SDK tunnel, is looked at again after as long).
+    admission_timeout: float = 10.0
+
+
+DEFAULT_INBOUND = InboundLimits()
+
+
 class QuicEndpoint(DatagramProtocol):
     """A QUIC endpoint with an Ed25519 identity, speaking iroh's raw-public-key TLS.
 
@@ -65,7 +121,11 @@ class QuicEndpoint(DatagramProtocol):
     :param on_connection: called with each inbound :class:`MeshConnection` once
         its handshake completed.  ``None`` refuses inbound connections.
     :param limits: transport settings.
-    :param max_pending_handshakes: inbound handshakes allowed at once.
+    :param inbound: bounds on inbound handshakes and on pre-admission buffering.
+    :param admission: also cap inbound connections not yet admitted (:meth:`MeshConnection.mark_admitted`),
+        close them after a deadline and give them little stream credit. None (uses without an
+        admission step) closes nothing for want of admission; the pre-admission window and byte
+        budget still apply to connections never marked admitted.
     """
 
     noisy = False  # no 'Starting protocol' line for every endpoint
@@ -80,7 +140,8 @@ class QuicEndpoint(DatagramProtocol):
         alpns: Sequence[bytes] = (ALPN_MESH_V1,),
         on_connection: Callable[[MeshConnection], None] | None = None,
         limits: TransportLimits = DEFAULT_LIMITS,
-        max_pending_handshakes: int = 256,
+        inbound: InboundLimits = DEFAULT_INBOUND,
+        admission: AdmissionLimits | None = None,
     ) -> None:
         self._reactor = reactor
         self._private_key = private_key
@@ -88,10 +149,21 @@ class QuicEndpoint(DatagramProtocol):
         self.alpns = list(alpns)
         self.on_connection = on_connection
         self.limits = limits
-        self._max_pending = max_pending_handshakes
+        self.inbound = inbound
+        self.admission = admission
+        self._retry_tokens = RetryTokens(lifetime=inbound.retry_token_lifetime)
         self._routes: dict[bytes, MeshConnection] = {}
         self._connections: set[MeshConnection] = set()
-        self._pending_inbound: set[MeshConnection] = set()
+        #: Inbound handshakes in progress -> their deadline.
+        self._pending_inbound: dict[MeshConnection, IDelayedCall] = {}
+        self._pending_by_source: Counter[Any] = Counter()
+        #: Inbound connections past the handshake, not admitted yet (oldest first) -> their deadline.
+        self._unadmitted: dict[MeshConnection, IDelayedCall] = {}
+        #: Bytes held by readers for connections not admitted (see charge_preadmission).
+        self.preadmission_bytes = 0
+        self.retries_sent = 0
+        self.unadmitted_evicted = 0
+        self.unadmitted_expired = 0
         self._port: IListeningPort | None = None
         self._dial_timers: set[IDelayedCall] = set()
         self.dropped_datagrams = 0
@@ -104,6 +176,16 @@ class QuicEndpoint(DatagramProtocol):
     def connections(self) -> list[MeshConnection]:
         """Connections whose handshake completed and that are still open."""
         return [c for c in self._connections if c.is_connected]
+
+    @property
+    def pending_handshakes(self) -> int:
+        """Inbound handshakes in progress."""
+        return len(self._pending_inbound)
+
+    @property
+    def unadmitted(self) -> int:
+        """Inbound connections past their handshake that the node has not admitted (with ``admission``)."""
+        return len(self._unadmitted)
 
     def listen(self, port: int = 0, interface: str = "127.0.0.1") -> IListeningPort:
         """Bind the UDP port used for both accepting and dialling."""
@@ -261,10 +343,7 @@ class QuicEndpoint(DatagramProtocol):
         ):
             self._drop("datagram for an unknown connection", address, data)
             return
-        if len(self._pending_inbound) >= self._max_pending:
-            self._drop("too many pending handshakes", address, data)
-            return
-        self._accept(header.destination_cid, data, address)
+        self._initial(header, data, address)
 
     def stopProtocol(self) -> None:
         self._close_all("endpoint stopped")
@@ -305,41 +384,157 @@ class QuicEndpoint(DatagramProtocol):
         for cid in list(conn.cids):
             self._remove_route(cid, conn)
         self._connections.discard(conn)
-        self._pending_inbound.discard(conn)
+        self._handshake_over(conn)
+        self._forget_unadmitted(conn)
 
     # Private
 
-    def _accept(self, odcid: bytes, data: bytes, address: Address) -> None:
+    def _source_key(self, address: Address) -> Any:
+        return address if self._is_pseudo(address) else address[0]
+
+    def _initial(self, header: Any, data: bytes, address: Address) -> None:
+        """An Initial for a connection we do not know: Retry, refuse, or start a handshake."""
+        now = self._reactor.seconds()
+        odcid = header.destination_cid
+        retry_scid: bytes | None = None
+        if header.token:
+            checked = self._retry_tokens.check(address, header.token, header.destination_cid, now)
+            if checked is None:
+                # Only Retry tokens are ever issued here (no NEW_TOKEN): the client will not accept
+                # another Retry, so an invalid or stale one ends its attempt.
+                self._drop("invalid or expired Retry token", address, data)
+                return
+            odcid, retry_scid = checked, header.destination_cid
+        elif len(self._pending_inbound) >= self.inbound.retry_threshold and not self._is_pseudo(address):
+            self._send_retry(header, address, now)
+            return
+        if self._pending_by_source[self._source_key(address)] >= self.inbound.max_pending_per_source:
+            self._drop("too many pending handshakes from this source", address, data)
+            return
+        if len(self._pending_inbound) >= self.inbound.max_pending_handshakes:
+            self._drop("too many pending handshakes", address, data)
+            return
+        self._accept(odcid, header.destination_cid, retry_scid, data, address)
+
+    def _send_retry(self, header: Any, address: Address, now: float) -> None:
+        scid = os.urandom(_CID_LENGTH)
+        token = self._retry_tokens.issue(address, header.destination_cid, scid, now)
+        self.retries_sent += 1
+        self._send_datagram(
+            encode_quic_retry(
+                version=header.version,
+                source_cid=scid,
+                destination_cid=header.source_cid,
+                original_destination_cid=header.destination_cid,
+                retry_token=token,
+            ),
+            address,
+        )
+
+    def _accept(self, odcid: bytes, dcid: bytes, retry_scid: bytes | None, data: bytes, address: Address) -> None:
         quic = MeshQuicConnection(
             private_key=self._private_key,
             is_client=False,
             alpn_protocols=self.alpns,
             original_destination_connection_id=odcid,
+            retry_source_connection_id=retry_scid,
             limits=self.limits,
+            preadmission=True,
+            preadmission_streams=self.admission is not None,
         )
         conn = MeshConnection(self, quic, self._reactor, peer_address=address)
         self._connections.add(conn)
-        self._pending_inbound.add(conn)
-        self._add_route(odcid, conn)
+        source = self._source_key(address)
+        self._pending_by_source[source] += 1
+        deadline = self._reactor.callLater(self.inbound.handshake_timeout, self._handshake_expired, conn)
+        self._pending_inbound[conn] = deadline
+        self._add_route(dcid, conn)
         self._add_route(quic.host_cid, conn)
 
         def ready(c: MeshConnection) -> None:
-            self._pending_inbound.discard(c)
+            self._handshake_over(c)
             handler = self.on_connection
             if handler is None:
                 c.close(0, "not accepting connections")
                 return
+            if self.admission is not None and not c.admitted:
+                self._track_unadmitted(c)
             try:
                 handler(c)
             except Exception:
                 self._log.failure("on_connection handler raised for {conn}", conn=c)
 
         def failed(failure: Failure) -> None:
-            self._pending_inbound.discard(conn)
+            self._handshake_over(conn)
             self._log.info("inbound handshake from {addr} failed: {reason}", addr=address, reason=conn.close_reason)
 
         conn.when_handshake_done().addCallbacks(ready, failed)
         conn.datagram_received(data, address)
+
+    def _handshake_over(self, conn: MeshConnection) -> None:
+        timer = self._pending_inbound.pop(conn, None)
+        if timer is None:
+            return
+        if timer.active():
+            timer.cancel()
+        source = self._source_key(conn.peer_address)
+        self._pending_by_source[source] -= 1
+        if self._pending_by_source[source] <= 0:
+            del self._pending_by_source[source]
+
+    def _handshake_expired(self, conn: MeshConnection) -> None:
+        if conn in self._pending_inbound:
+            self._log.debug("inbound handshake from {addr} timed out", addr=conn.peer_address)
+            conn.close(0, "handshake timeout")
+            conn.abort(CloseReason(error_code=0, reason="handshake timeout", locally=True))
+
+    def _track_unadmitted(self, conn: MeshConnection) -> None:
+        assert self.admission is not None
+        while len(self._unadmitted) >= self.admission.max_unadmitted:
+            oldest = next(iter(self._unadmitted))
+            self.unadmitted_evicted += 1
+            if _power_of_two(self.unadmitted_evicted):  # an attack must not flood the log
+                self._log.info(
+                    "closing unadmitted connection {conn}: {max} connections wait for admission ({n} so far)",
+                    conn=oldest,
+                    max=self.admission.max_unadmitted,
+                    n=self.unadmitted_evicted,
+                    event="unadmitted_evicted",
+                )
+            self._forget_unadmitted(oldest)
+            oldest.close(0, "too many connections waiting for admission")
+        timeout = self.admission.admission_timeout
+        self._unadmitted[conn] = self._reactor.callLater(timeout, self._admission_expired, conn)
+
+    def _admission_expired(self, conn: MeshConnection) -> None:
+        if self._unadmitted.pop(conn, None) is None:
+            return
+        assert self.admission is not None
+        if conn.stats().open_streams:
+            # Busy, not idle: mesh-llm 0.76's SDK tunnels (0x04) without ever gossiping, one request per
+            # connection; its stream has its own deadlines. Look again later (the cap still bounds these).
+            self._unadmitted[conn] = self._reactor.callLater(
+                self.admission.admission_timeout, self._admission_expired, conn
+            )
+            return
+        self.unadmitted_expired += 1
+        if _power_of_two(self.unadmitted_expired):
+            self._log.info(
+                "closing {conn}: not admitted within {secs:g}s ({n} so far)",
+                conn=conn,
+                secs=self.admission.admission_timeout if self.admission else 0,
+                n=self.unadmitted_expired,
+                event="unadmitted_timeout",
+            )
+        conn.close(0, "not admitted in time")
+
+    def _forget_unadmitted(self, conn: MeshConnection) -> None:
+        timer = self._unadmitted.pop(conn, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _connection_admitted(self, conn: MeshConnection) -> None:
+        self._forget_unadmitted(conn)
 
     def _close_all(self, reason: str) -> None:
         for timer in list(self._dial_timers):
@@ -349,9 +544,14 @@ class QuicEndpoint(DatagramProtocol):
         for conn in list(self._connections):
             conn.close(0, reason)
             conn.abort(CloseReason(error_code=0, reason=reason, locally=True))
+        for timer in [*self._pending_inbound.values(), *self._unadmitted.values()]:
+            if timer.active():
+                timer.cancel()
         self._connections.clear()
         self._routes.clear()
         self._pending_inbound.clear()
+        self._pending_by_source.clear()
+        self._unadmitted.clear()
 
     def _drop(self, why: str, addr: Address, data: bytes) -> None:
         self.dropped_datagrams += 1
@@ -368,6 +568,10 @@ class QuicEndpoint(DatagramProtocol):
         if bound.version == 6 and bound.is_unspecified:
             return True
         return bound.version == target.version
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
 
 
 def _failed(exc: Exception) -> Deferred[MeshConnection]:

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from meshd.relay.client import canonical_relay_url
+from meshd.webclient import read_limited
 
 __all__ = ["DEFAULT_RELAYS", "choose_home_relay", "ping_url", "probe_relay"]
 
@@ -22,6 +23,9 @@ DEFAULT_RELAYS = (
 )
 
 _log = Logger()
+
+#: ``/ping`` answers with an empty body; more than this is not a relay.
+MAX_PING_BODY = 64 * 1024
 
 
 def ping_url(url: str) -> str:
@@ -46,7 +50,7 @@ def probe_relay(reactor: Any, url: str, timeout: float = 3.0, http: Any = None) 
     async def run() -> float | None:
         try:
             response = await http.get(ping_url(url), timeout=timeout, reactor=reactor)
-            await response.content()
+            await read_limited(response, MAX_PING_BODY)
         except Exception as e:
             _log.info("relay {url} /ping failed: {err}", url=url, err=e)
             return None

@@ -24,7 +24,7 @@ from meshd.metrics import Metrics
 from meshd.node import Node
 from meshd.web.errors import json_body, openai_error
 from meshd.web.gate import Gate, GateResource, ready_response
-from meshd.web.http import HEADER_READ_TIMEOUT, LimitedSite
+from meshd.web.http import HEADER_READ_TIMEOUT, MAX_CONNECTIONS_PER_ADDRESS, LimitedSite
 from meshd.web.proxy import MeshProxy
 
 if TYPE_CHECKING:
@@ -64,7 +64,10 @@ class APIApp:
         return GateResource(self.app.resource(), self.gate)
 
     def site(self, header_timeout: float = HEADER_READ_TIMEOUT) -> LimitedSite:
-        return LimitedSite(self.resource(), _api_error_body, timeout=header_timeout)
+        # Behind a proxy (--trust-proxy) every connection comes from the proxy: no per-address cap
+        # there (the proxy limits its clients), only the port's own connection limit.
+        per_address = 0 if self.gate.trust_proxy else MAX_CONNECTIONS_PER_ADDRESS
+        return LimitedSite(self.resource(), _api_error_body, timeout=header_timeout, per_address=per_address)
 
     @app.route("/health", methods=["GET", "HEAD"])
     def health(self, request: IRequest) -> bytes:

@@ -40,6 +40,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from zope.interface import implementer
 
+from meshd import jsonbound
 from meshd.autojoin import Discovery
 from meshd.discovery.api import discover_api, parse_discover_query
 from meshd.metrics import Metrics
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from meshd.host import BackendWatch
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: ``POST /api/join`` bodies are one token (at most 64 Ki characters) in a small JSON object.
+MAX_JOIN_BODY = 128 * 1024
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -316,9 +319,9 @@ class ConsoleApp:
             return refused
         raw = request.content.read() if request.content is not None else b""
         try:
-            body = json.loads(raw)
-        except ValueError:
-            return console_error(request, 400, 'body must be JSON: {"token": "..."}')
+            body = jsonbound.loads(raw, max_bytes=MAX_JOIN_BODY)
+        except jsonbound.BadJSON as e:
+            return console_error(request, 400, f'body must be JSON: {{"token": "..."}} ({e.reason})')
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token.strip():
             return console_error(request, 400, 'missing "token"')

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import json
 import math
 import re
 import secrets
@@ -44,7 +43,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from meshd import jsonbound
 from meshd.concurrency import Admission, ConcurrencyLimiter
+from meshd.httpwire import MAX_BODY_BYTES
 from meshd.shared.keys import UNAVAILABLE, Unavailable
 from meshd.web.errors import json_body, openai_error
 from meshd.web.origin import is_loopback
@@ -450,8 +451,8 @@ def inspect_body(body: bytes) -> tuple[str | None, bool]:
     if not body or body.lstrip()[:1] != b"{":
         return None, False
     try:
-        data = json.loads(body)
-    except ValueError:
+        data = jsonbound.loads(body, max_bytes=MAX_BODY_BYTES)
+    except jsonbound.BadJSON:
         return None, False
     if not isinstance(data, dict):
         return None, False

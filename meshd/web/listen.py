@@ -10,6 +10,10 @@ from twisted.internet.interfaces import IListeningPort, IReactorTCP
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+#: Connections the kernel may queue before meshd accepts them (Twisted's default, 50, drops a burst of
+#: clients' handshakes; the kernel caps it at net.core.somaxconn).
+LISTEN_BACKLOG = 1024
+
 
 class TCPListenService(Service):
     """Listen on ``interface:port`` (0 = any free port) with ``factory``.
@@ -36,7 +40,9 @@ class TCPListenService(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         if self.port is None:
-            self.port = self._reactor.listenTCP(self.requested_port, self.factory, interface=self.interface)
+            self.port = self._reactor.listenTCP(
+                self.requested_port, self.factory, backlog=LISTEN_BACKLOG, interface=self.interface
+            )
 
     def startService(self) -> None:
         if self.port is None:

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
+from meshd import jsonbound
 from meshd.agentapi.adapter import AgentApi, Answer
 from meshd.agentapi.adapter import Endpoint as AgentEndpoint
 from meshd.agentapi.adapter import match as agent_endpoint
@@ -31,6 +32,7 @@ from meshd.agentapi.store import MemoryResponseStore, ResponseStore, load_histor
 from meshd.agentapi.translate import Output, Translator
 from meshd.httpwire import (
     LAST_CHUNK,
+    MAX_BODY_BYTES,
     MAX_ERROR_BODY_BYTES,
     MAX_HEADER_BYTES,
     ChunkedScanner,
@@ -198,7 +200,9 @@ class Upstream:
         if not self.head.called:
             # Nobody waits on ``done`` before the head arrived: fail only ``head``.
             self.head.errback(failure)
-        elif not self.done.called:
+        elif not self.done.called and self.sink is not None:
+            # ``done`` is awaited only once the body is read (start_sink): a stream that ends after the
+            # caller gave up on the head (cancelled, timed out, silent host) has nobody waiting on it.
             self.done.errback(failure)
 
     def start_sink(self, sink: Callable[[bytes], None]) -> None:
@@ -775,12 +779,12 @@ _NOT_JSON = object()
 
 
 def _parse_json(body: bytes) -> Any:
-    """The decoded body, None when empty, or ``_NOT_JSON``."""
+    """The decoded body (depth and size bounded), None when empty, or ``_NOT_JSON``."""
     if not body:
         return None
     try:
-        return json.loads(body)
-    except ValueError:
+        return jsonbound.loads(body, max_bytes=MAX_BODY_BYTES)
+    except jsonbound.BadJSON:
         return _NOT_JSON
 
 

@@ -33,7 +33,7 @@ def repo_env(extra_path: str | None = None) -> dict[str, str]:
 class Daemon:
     """A meshd process with ``--log-format json``; its stdout lines are parsed as they arrive."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None, preexec_fn: Any = None) -> None:
         self.args = ["--log-format", "json", *args]
         if not any(a in ("--relay", "--no-relay", "--relay-server") or a.startswith("--relay=") for a in args):
             self.args.append("--no-relay")  # tests never contact the public iroh relays
@@ -44,6 +44,7 @@ class Daemon:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=preexec_fn,
         )
         self.records: list[dict[str, Any]] = []
         self.bad_lines: list[str] = []

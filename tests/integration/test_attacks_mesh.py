@@ -128,7 +128,12 @@ async def test_demand_floods_stay_bounded_and_keep_gossip_small(
     await aio(attacker.connect(mesh_host.token or ""))
     demand = [DemandEntry(("d" * 600 if i % 2 else f"wanted-{i}"), 1_700_000_000 + i, 1) for i in range(10_000)]
     me = build_self_announcement(addr=EndpointAddr(attacker.id), version="0.76.0", demand=demand)
-    assert await aio(attacker.gossip(build_gossip_frame(attacker.id, me)))
+    flood = build_gossip_frame(attacker.id, me)
+    assert flood.ByteSize() > 1 << 20
+    with pytest.raises(Exception):  # noqa: B017 - before admission a frame over 1 MiB is refused at its length
+        await aio(attacker.gossip(flood))
+    await aio(attacker.gossip())  # admitted with a small frame, then the flood (under the 8 MiB frame cap)
+    assert await aio(attacker.gossip(flood))
     assert len(mesh_host.mesh.demand) <= MAX_DEMAND_ENTRIES
     assert all(len(name.encode()) <= 512 for name in mesh_host.mesh.demand)
     assert mesh_host.gossip_frame().ByteSize() < 256 * 1024  # new peers can still join: far below 8 MiB

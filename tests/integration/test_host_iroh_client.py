@@ -258,15 +258,19 @@ async def test_bad_input_from_a_peer_is_refused_without_harm(mesh_host: Node, ir
     assert await aio(refused(bi2.recv().read_to_end(LIMIT)))
     assert client.id not in mesh_host.mesh.peers  # none of that admitted us
 
-    # 100 idle streams held open by this peer
+    # idle streams held open by this peer (a peer not admitted yet gets 16 streams at once, docs/security.md)
     idle = []
+    for _ in range(8):
+        b = await aio(client.conn.open_bi())
+        await aio(b.send().write_all(b"\x04"))
+        idle.append(b)
+    # proper gossip still works on the same connection, and so do tunnels, past 100 more idle streams
+    await aio(client.gossip())
+    assert client.id in mesh_host.mesh.peers
     for _ in range(100):
         b = await aio(client.conn.open_bi())
         await aio(b.send().write_all(b"\x04"))
         idle.append(b)
-    # proper gossip still works on the same connection, and so do tunnels
-    await aio(client.gossip())
-    assert client.id in mesh_host.mesh.peers
     # malformed HTTP in a tunnel -> 400 in OpenAI's shape
     status, _, body = parse_response(await aio(client.tunnel(b"NOT HTTP AT ALL\r\n\r\n")))
     assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"

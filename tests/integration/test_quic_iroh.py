@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet import defer
 
 from meshd.quic import DialFailed, MeshConnection, QuicEndpoint, QuicStream
+from meshd.quic.endpoint import AdmissionLimits, InboundLimits
 from meshd.quic.testing import RecordingReceiver as Collect
 from meshd.quic.tls import public_key_bytes
 
@@ -31,12 +32,14 @@ def as_deferred(coro: Coroutine[Any, Any, Any]) -> defer.Deferred[Any]:
 
 
 class Setup:
-    def __init__(self) -> None:
+    def __init__(self, inbound: InboundLimits | None = None, admission: AdmissionLimits | None = None) -> None:
         from twisted.internet import reactor
 
         self.key = ed25519.Ed25519PrivateKey.generate()
         self.inbound: list[MeshConnection] = []
-        self.meshd = QuicEndpoint(reactor, self.key, on_connection=self._accept)
+        self.meshd = QuicEndpoint(
+            reactor, self.key, on_connection=self._accept, inbound=inbound or InboundLimits(), admission=admission
+        )
         self.meshd.listen(0, "127.0.0.1")
         self.meshd_id = public_key_bytes(self.key)
         self.iroh_ep: Any = None
@@ -179,3 +182,31 @@ def test_one_mebibyte_both_directions(setup: Setup):  # type: ignore[no-untyped-
     assert echoed == payload
     echoed, _ = yield as_deferred(setup.iroh_dial_and_send(payload))
     assert echoed == payload
+
+
+@pytest.fixture
+def guarded() -> Iterator[Setup]:
+    """meshd asks every Initial for a Retry token and tracks admission (pre-admission window)."""
+    s = Setup(inbound=InboundLimits(retry_threshold=0), admission=AdmissionLimits())
+    pytest_twisted.blockon(as_deferred(s.bind_iroh()))
+    yield s
+    pytest_twisted.blockon(s.stop())
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.inlineCallbacks
+def test_iroh_dials_meshd_through_retry_and_before_admission(guarded: Setup):  # type: ignore[no-untyped-def]
+    """iroh (quinn) answers meshd's Retry and completes the handshake; 1 MiB each way flows through
+    the 256 KiB pre-admission window; after mark_admitted the full window applies."""
+    payload = hashlib.sha256(b"retry").digest() * (1024 * 1024 // 32)
+    echoed, remote = yield as_deferred(guarded.iroh_dial_and_send(payload))
+    assert echoed == payload and remote == guarded.meshd_id
+    assert guarded.meshd.retries_sent == 1
+    assert guarded.inbound[0].remote_id == guarded.iroh_id
+    guarded.inbound[0].mark_admitted()
+    echoed, _ = yield as_deferred(guarded.iroh_dial_and_send(b"again"))
+    assert echoed == b"again"
+    assert guarded.meshd.retries_sent == 2
+    # meshd dialling iroh is unaffected (iroh does not ask for Retry)
+    echoed, seen_by_iroh = yield meshd_round_trip(guarded, b"\x01back")
+    assert echoed == b"\x01back" and seen_by_iroh == guarded.meshd_id

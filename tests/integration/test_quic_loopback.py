@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet import defer
 
 from meshd.quic import DialFailed, MeshConnection, QuicEndpoint, QuicStream
+from meshd.quic.endpoint import InboundLimits
 from meshd.quic.testing import RecordingReceiver as Collect
 from meshd.quic.tls import public_key_bytes
 
@@ -21,12 +22,12 @@ pytestmark = pytest.mark.integration
 
 
 class Pair:
-    def __init__(self, reactor: object) -> None:
+    def __init__(self, reactor: object, inbound: InboundLimits | None = None) -> None:
         self.key_a = ed25519.Ed25519PrivateKey.generate()
         self.key_b = ed25519.Ed25519PrivateKey.generate()
         self.inbound: list[MeshConnection] = []
         self.a = QuicEndpoint(reactor, self.key_a)
-        self.b = QuicEndpoint(reactor, self.key_b, on_connection=self._accept)
+        self.b = QuicEndpoint(reactor, self.key_b, on_connection=self._accept, inbound=inbound or InboundLimits())
         self.a.listen(0, "127.0.0.1")
         self.b.listen(0, "127.0.0.1")
         self.b_addr = ("127.0.0.1", self.b.getHost().port)
@@ -48,12 +49,15 @@ class Pair:
         yield self.b.stop()
 
 
-@pytest.fixture
-def pair() -> Iterator[Pair]:
+@pytest.fixture(params=["plain", "retry"])
+def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
+    """Every test runs twice: once as is, once with the listener asking every Initial for a Retry."""
     from twisted.internet import reactor
 
-    p = Pair(reactor)
+    p = Pair(reactor, InboundLimits(retry_threshold=0) if request.param == "retry" else None)
     yield p
+    if request.param == "retry":
+        assert p.b.retries_sent >= 1 or not p.inbound
     pytest_twisted.blockon(p.stop())
 
 

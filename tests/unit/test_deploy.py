@@ -318,6 +318,9 @@ def test_systemd_unit_settings() -> None:
     assert "@system-service" in s["Service.SystemCallFilter"]
     # pyOpenSSL's verify callback needs W+X memory: MemoryDenyWriteExecute=yes breaks every wss:// relay.
     assert one("Service.MemoryDenyWriteExecute") == "no"
+    # HTTP connections are descriptors (#6); the sandbox denies setrlimit, so the unit sets it.
+    assert int(one("Service.LimitNOFILE")) >= 65536
+    assert "@resources" in " ".join(s["Service.SystemCallFilter"])
     assert one("Install.WantedBy") == "multi-user.target"
     exec_start = shlex.split(one("Service.ExecStart"))
     assert exec_start[:4] == ["/opt/meshd/bin/twistd", "--nodaemon", "--pidfile=", "meshd"]
@@ -342,3 +345,30 @@ def test_python_is_the_venv_python() -> None:
     import meshd
 
     assert Path(meshd.__file__).resolve().is_relative_to(REPO), (meshd.__file__, sys.executable)
+
+
+def test_entrypoint_raises_the_open_files_limit_to_the_hard_limit(tmp_path: Path) -> None:
+    """A runtime that starts the container at 512 open files: twistd gets the hard limit (#6)."""
+    import resource
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    twistd = bindir / "twistd"
+    twistd.write_text("#!/bin/sh\nulimit -Sn\n")
+    twistd.chmod(0o755)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 4096)
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, wanted))
+
+    out = subprocess.run(
+        [str(ENTRYPOINT), "api"],
+        env={"PATH": f"{bindir}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        preexec_fn=low_limit,
+        check=True,
+    ).stdout
+    assert out.split() == [str(wanted)]
