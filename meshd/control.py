@@ -181,18 +181,41 @@ def _timed_out(stream: QuicStream) -> None:
 StreamHandler = Callable[[MeshConnection, QuicStream, StreamType], Any]
 
 
+#: The stream type byte must arrive within this after the peer opened the stream (mesh-llm 0.76 §3.1).
+STREAM_TYPE_TIMEOUT = 5.0
+
+
 class InboundStream:
     """Receiver for a stream the peer opened: reads the type byte, then hands the stream to the
-    handler ``dispatch(conn, stream, type)`` returns (a receiver, or None to drop the stream)."""
+    handler ``dispatch(conn, stream, type)`` returns (a receiver, or None to drop the stream). A stream
+    whose type byte has not come within ``STREAM_TYPE_TIMEOUT`` is stopped (``clock`` given)."""
 
     _log = Logger()
 
-    def __init__(self, conn: MeshConnection, stream: QuicStream, dispatch: StreamHandler) -> None:
+    def __init__(self, conn: MeshConnection, stream: QuicStream, dispatch: StreamHandler, clock: Any = None) -> None:
         self.conn = conn
         self.stream = stream
         self.dispatch = dispatch
         self._reader = StreamTypeReader()
         self._dispatched = False
+        self._timer = clock.callLater(STREAM_TYPE_TIMEOUT, self._no_type) if clock is not None else None
+
+    def _no_type(self) -> None:
+        self._timer = None
+        if not self._dispatched:
+            self._dispatched = True
+            self._log.info(
+                "dropping stream from {peer}: no type byte within {secs:g}s",
+                peer=_short(self.conn),
+                secs=STREAM_TYPE_TIMEOUT,
+                event="stream_rejected",
+            )
+            self.stream.reset(0)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def dataReceived(self, data: bytes) -> None:
         if self._dispatched:
@@ -209,6 +232,7 @@ class InboundStream:
             return
         stream_type, rest = got
         self._dispatched = True
+        self._cancel_timer()
         receiver = self.dispatch(self.conn, self.stream, stream_type)
         if receiver is None:
             return
@@ -217,10 +241,11 @@ class InboundStream:
             receiver.dataReceived(rest)
 
     def eofReceived(self) -> None:
+        self._cancel_timer()
         self.stream.loseWriteConnection()
 
     def connectionLost(self, reason: Failure) -> None:
-        pass
+        self._cancel_timer()
 
 
 def reply_frame(stream: QuicStream, message: Any) -> None:

@@ -622,7 +622,9 @@ class Node(Service):
         self.conns[rid] = conn  # the newest connection wins; the old one ends on its own
         if old is not None and old is not conn:
             self._log.debug("replacing connection to {peer}", peer=rid.hex()[:10])
-        conn.on_stream = lambda stream: stream.set_receiver(InboundStream(conn, stream, self._dispatch))
+        conn.on_stream = lambda stream: stream.set_receiver(
+            InboundStream(conn, stream, self._dispatch, clock=self._reactor)
+        )
         conn.when_closed().addCallback(lambda reason: self._connection_closed(conn, reason))
 
     def _connection_closed(self, conn: MeshConnection, reason: Any) -> None:
