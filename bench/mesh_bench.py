@@ -394,7 +394,7 @@ BUCKETS = (
     ("QUIC (aioquic)", ("aioquic/",)),
     ("meshd QUIC glue", ("meshd/quic/",)),
     ("HTTP parse/serialise (twisted.web, h11, httpwire)", ("twisted/web/", "h11/", "meshd/httpwire.py", "email/")),
-    ("meshd web/tunnel", ("meshd/web/", "meshd/tunnel.py", "meshd/host.py")),
+    ("meshd web/tunnel", ("meshd/web/", "meshd/tunnel/", "meshd/host.py")),
     ("Deferreds/reactor", ("twisted/internet/defer.py", "twisted/internet/", "asyncio/")),
 )
 

@@ -616,8 +616,9 @@ def build_service(config: Config, reactor: Any) -> Any:
     status = StatusView(
         node, gate=api_app.gate, proxy=api_app.proxy, backend=watch, discovery=discovery, publisher=publisher
     )
-    console_app = ConsoleApp(node, discovery, api_credential=api_app.gate.console_credential, status=status)
-    console_app.metrics = api_app.metrics
+    console_app = ConsoleApp(
+        node, discovery, api_credential=api_app.gate.console_credential, status=status, metrics=api_app.metrics
+    )
     console_site = console_app.site()
     api = TCPListenService(reactor, config.interface, config.api_port, api_site)
     children: list[tuple[str, Any]] = [("node", node), *extra, ("api", api)]

@@ -25,7 +25,7 @@ import attrs
 from meshd.agentapi import messages, responses
 from meshd.agentapi.chat import DEFAULT_MAX_BODY
 from meshd.agentapi.errors import AgentApiError, MethodNotAllowed, NotFound
-from meshd.agentapi.fields import load_object
+from meshd.agentapi.fields import MAX_DEPTH, check_depth, load_object
 from meshd.agentapi.store import StoredResponse, not_found_message
 from meshd.agentapi.tokens import CountTokensTranslator, flatten_chat, tokenize_request
 from meshd.agentapi.translate import PassThrough, Translator, notes_header, upstream_problem
@@ -100,6 +100,9 @@ class Forward:
     stream: bool
     translator: Callable[[], Translator]
     headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+    #: ``body`` decoded (what it was made from), so routing reads it without parsing it again; None for a
+    #: body passed through as the caller sent it.
+    payload: Any = None
 
 
 class Prepared:
@@ -147,9 +150,9 @@ class Prepared:
         if isinstance(req, responses.ResponsesRequest) and self.endpoint.action == "count_tokens":
             chat = req.chat_request(history)
             text, _ = flatten_chat(chat)
-            return Forward(
+            return _forward(
                 TOKENIZE_PATH,
-                _dumps(tokenize_request(req.model, text)),
+                tokenize_request(req.model, text),
                 req.model,
                 False,
                 lambda: CountTokensTranslator(
@@ -165,11 +168,11 @@ class Prepared:
                     req, response_id=response_id, created_at=now, ids=agent.ids, max_body=agent.max_body
                 )
 
-            return Forward(CHAT_PATH, _dumps(chat), req.model, req.stream, make_responses)
+            return _forward(CHAT_PATH, chat, req.model, req.stream, make_responses)
         if self.endpoint.action == "count_tokens":
-            return Forward(
+            return _forward(
                 TOKENIZE_PATH,
-                _dumps(req.tokenize_body()),
+                req.tokenize_body(),
                 req.model,
                 False,
                 lambda: CountTokensTranslator(req.chat, lambda n: {"input_tokens": n}, req.notes),
@@ -179,7 +182,13 @@ class Prepared:
         def make_messages() -> Translator:
             return messages.MessagesTranslator(req, message_id=message_id, ids=agent.ids, max_body=agent.max_body)
 
-        return Forward(CHAT_PATH, _dumps(req.chat), req.model, req.stream, make_messages)
+        return _forward(CHAT_PATH, req.chat, req.model, req.stream, make_messages)
+
+
+def _forward(
+    path: str, payload: dict[str, Any], model: str, stream: bool, translator: Callable[[], Translator]
+) -> Forward:
+    return Forward(path, _dumps(payload), model, stream, translator, payload=payload)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -193,15 +202,20 @@ class AgentApi:
         self.ids = ids
         self.max_body = max_body
 
-    def prepare(self, endpoint: Endpoint, body: bytes) -> Prepared:
-        """Validate a create/count_tokens request. Raises :class:`AgentApiError` (render with :meth:`error`)."""
+    def prepare(self, endpoint: Endpoint, body: bytes, decoded: Any = None) -> Prepared:
+        """Validate a create/count_tokens request. Raises :class:`AgentApiError` (render with :meth:`error`).
+        ``decoded``: the body already decoded (a JSON object), so it is not parsed again."""
         if endpoint.action == "bad_method":
             raise MethodNotAllowed(f"this method is not allowed on {endpoint.path}")
         if endpoint.action == "unknown":
             raise NotFound(f"{endpoint.path} is not available through this gateway")
         if endpoint.action not in ("create", "count_tokens"):
             raise ValueError(f"prepare() is for create/count_tokens, not {endpoint.action}")
-        obj = load_object(body)
+        if isinstance(decoded, dict):
+            check_depth(decoded, MAX_DEPTH, "request body")
+            obj = decoded
+        else:  # not decoded, or not an object: decode it here for the precise error
+            obj = load_object(body)
         request: responses.ResponsesRequest | messages.MessagesRequest
         if endpoint.api is Api.RESPONSES:
             request = responses.parse_request(obj)

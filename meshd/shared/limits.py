@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from meshd.shared import scripts
 from meshd.shared.link import RedisLink, SharedUnavailable
-from meshd.web.gate import RateDecision
+from meshd.web.gate.limits import RateDecision
 
 DEFAULT_LEASE_TTL = 30.0
 

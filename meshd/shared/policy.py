@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from meshd.shared.keys import UNAVAILABLE, SharedKeys, Unavailable
 from meshd.shared.limits import DEFAULT_LEASE_TTL, FULL, Admitted, SharedLeases, SharedRateLimiter, admit
 from meshd.shared.link import ERROR_KINDS, LATENCY_BUCKETS, RedisLink, SharedUnavailable
-from meshd.web.gate import RateDecision, RequestRateLimiter, StreamLimiter
+from meshd.web.gate.limits import RateDecision, RequestRateLimiter, StreamLimiter
 
 __all__ = ["UNAVAILABLE", "Admission", "Lease", "Policy", "SharedGate"]
 

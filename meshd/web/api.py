@@ -54,14 +54,11 @@ class APIApp:
                 clock=clock.seconds, max_entries=config.responses_store_entries, ttl=config.responses_store_ttl
             )
         self.proxy = MeshProxy(node, clock, busy_wait=config.queue_timeout, store=store)
-        self.metrics = Metrics(node, self.proxy) if node.config.metrics else None
-        self.gate = gate if gate is not None else Gate.from_config(node.config, clock, self.metrics)
-        if self.metrics is not None:
-            self.gate.metrics = self.metrics
-            self.metrics.gate = self.gate
+        self.gate = gate if gate is not None else Gate.from_config(node.config, clock)
+        self.metrics = Metrics(node, self.proxy, self.gate) if node.config.metrics else None
 
     def resource(self) -> Any:
-        return GateResource(self.app.resource(), self.gate)
+        return GateResource(self.app.resource(), self.gate, self.metrics)
 
     def site(self, header_timeout: float = HEADER_READ_TIMEOUT) -> LimitedSite:
         # Behind a proxy (--trust-proxy) every connection comes from the proxy: no per-address cap

@@ -164,16 +164,19 @@ class ConsoleApp:
         static_dir: Path = STATIC_DIR,
         api_credential: str | None = None,
         status: StatusView | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """``api_credential``: the API gate's console credential (``Gate.console_credential``), added to
         every chat request this console proxies; ``status``: what ``/api/status`` reports (the node and
-        its parts, ``meshd.status``; by default the node and ``discovery`` alone)."""
+        its parts, ``meshd.status``; by default the node and ``discovery`` alone); ``metrics``: the API's
+        Prometheus registry, served at ``/metrics`` here too (404 without it)."""
         self.node = node
         self.discovery = discovery
         self._reactor = reactor if reactor is not None else node._reactor
         self._agent = agent
         self.static_dir = static_dir
         self._api_credential = api_credential
+        self.metrics = metrics
         self.status_view = status if status is not None else StatusView(node, discovery=discovery)
         self.events = EventHub(self._reactor, self.status_view)
         node.on_change.append(self.events.changed)
@@ -201,8 +204,7 @@ class ConsoleApp:
     def health(self, request: IRequest) -> bytes:
         return json_body(request, 200, {"status": "ok"})
 
-    # Readiness and Prometheus metrics (meshd.web.gate, meshd.metrics); metrics is set by build_service.
-    metrics: Metrics | None = None
+    # Readiness and Prometheus metrics (meshd.web.gate, meshd.metrics).
 
     @app.route("/ready", methods=["GET", "HEAD"])
     def ready(self, request: IRequest) -> bytes:

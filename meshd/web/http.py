@@ -54,6 +54,13 @@ _ABORT_AFTER = 5.0
 class LimitedRequest(Request):
     _refused = False
     _body_seen = 0
+    #: When the response's first byte was written (the gate's time to first byte), on the site's clock.
+    first_write_at: float | None = None
+
+    def write(self, data: bytes) -> None:
+        if data and self.first_write_at is None:
+            self.first_write_at = float(self.channel.site.clock().seconds())  # type: ignore[attr-defined]
+        super().write(data)
 
     def gotLength(self, length: int | None) -> None:
         limit = self.channel.site.max_body  # type: ignore[attr-defined]
@@ -306,6 +313,13 @@ def unregister_producer(request: Any) -> None:
             request.unregisterProducer()
         except (AttributeError, RuntimeError):
             pass
+
+
+def pass_chunks_through(request: Any) -> None:
+    """Send the response head now (twisted.web announces chunked framing), then stop twisted.web from
+    framing the body: the caller writes chunks already framed (a host's, relayed as they are)."""
+    request.write(b"")
+    request.chunked = False
 
 
 def abort_response(request: Any) -> None:

@@ -10,7 +10,8 @@ attacker with a laptop would send. Commands:
     then streams EVENTS server-sent events EVENT_DELAY s apart (forever: never exits by itself).
 ``gossip-park TOKEN CONNS STREAMS DECLARED SEND HOLD``
     CONNS QUIC connections to the node behind TOKEN that never gossip; on each, STREAMS GOSSIP
-    streams that declare a DECLARED-byte frame and send SEND bytes of it, never finishing; held HOLD s.
+    streams that declare a DECLARED-byte frame and send SEND bytes of it, never finishing; held until
+    every stream ended, at most HOLD s.
 ``idle-conns TOKEN CONNS HOLD``
     CONNS QUIC connections that complete the handshake and then say nothing; reports how many the
     node closed within HOLD s.
@@ -165,7 +166,13 @@ def gossip_park(token: str, conns: int, streams: int, declared: int, send: int, 
                     left -= piece
         out["connected"] = len(connections)
         out["streams"] = len(watches)
-        return deferLater(reactor, hold, lambda: None)
+        return settled(reactor.seconds() + hold)
+
+    def settled(deadline: float) -> Any:
+        """Every stream ended (the usual case), or ``hold`` seconds passed (streams the node never opens)."""
+        if all(w.lost is not None for w in watches) or reactor.seconds() >= deadline:
+            return None
+        return deferLater(reactor, 0.1, settled, deadline)
 
     def report(_: Any) -> None:
         out["streams_reset"] = sum(1 for w in watches if w.lost == "StreamReset")

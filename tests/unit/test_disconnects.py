@@ -16,7 +16,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from meshd.quic.errors import CloseReason, ConnectionClosed, StreamReset
-from meshd.web.proxy import HostSilent, Upstream
+from meshd.tunnel.client import HostSilent, Upstream
 
 
 class FakeStream:

@@ -23,6 +23,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from meshd.apirequest import inspect_body
 from meshd.discovery.errors import InvalidEvent, InvalidListing, MalformedMessage
 from meshd.discovery.keys import NostrKeys
 from meshd.discovery.listing import MeshListing, build_listing_event, default_token_ok, process_events
@@ -45,7 +46,7 @@ from meshd.quic import QuicEndpoint
 from meshd.quic.testing import MemoryNetwork
 from meshd.relay import frames
 from meshd.tunnel import requested_model, requested_wait
-from meshd.web.gate import bearer_token, client_ip, inspect_body, parse_keys
+from meshd.web.gate import bearer_token, client_ip, parse_keys
 
 NOW = 1_750_000_000
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from meshd.apirequest import inspect_body
 from meshd.concurrency import Admission, ConcurrencyLimiter
 from meshd.tap import Options
 from meshd.web.gate import (
@@ -17,7 +18,6 @@ from meshd.web.gate import (
     bearer_token,
     client_ip,
     format_duration,
-    inspect_body,
     key_id,
     parse_keys,
     readiness,

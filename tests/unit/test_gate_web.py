@@ -403,8 +403,7 @@ def test_metrics_off_by_default_and_on_with_flag() -> None:
     assert call(ConsoleApp(node).resource(), "/metrics").code == 404
     node = make_node(metrics=True)
     api = APIApp(node)
-    console = ConsoleApp(node)
-    console.metrics = api.metrics
+    console = ConsoleApp(node, metrics=api.metrics)
     for app in (api, console):
         r = call(app.resource(), "/metrics")
         assert r.code == 200 and (r.header("content-type") or "").startswith("text/plain")

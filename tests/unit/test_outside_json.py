@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from meshd import jsonbound
+from meshd.apirequest import inspect_body
 from meshd.discovery.errors import InvalidListing, MalformedMessage
 from meshd.discovery.keys import NostrKeys
 from meshd.discovery.listing import MeshListing, build_listing_event, default_token_ok, process_events
@@ -30,7 +31,6 @@ from meshd.protocol.peers import peer_info_from_announcement
 from meshd.protocol.requirements import RequirementError, SignedBootstrapToken
 from meshd.protocol.token import EndpointAddr, decode_invite_token, decode_token, encode_token
 from meshd.tunnel import requested_model
-from meshd.web.gate import inspect_body
 
 DEEP_ARRAY = "[" * 5000 + "]" * 5000
 DEEP_OBJECT = '{"a":' * 5000 + "1" + "}" * 5000

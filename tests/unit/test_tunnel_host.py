@@ -13,14 +13,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from meshd.httpwire import render_request
-from meshd.tunnel import (
-    BACKEND_FIRST_BYTE_TIMEOUT,
-    REQUEST_READ_TIMEOUT,
-    STALLED_READER_TIMEOUT,
-    Backend,
-    HostTunnel,
-    TunnelState,
-)
+from meshd.tunnel import Backend, HostTunnel, TunnelState
+from meshd.tunnel.host import BACKEND_FIRST_BYTE_TIMEOUT, REQUEST_READ_TIMEOUT, STALLED_READER_TIMEOUT
 
 
 class RecordingStream:

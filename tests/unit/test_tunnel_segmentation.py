@@ -24,7 +24,7 @@ from meshd.httpwire import (
     UpstreamProtocolError,
     render_request,
 )
-from meshd.web.proxy import Upstream
+from meshd.tunnel.client import Upstream
 
 
 class FakeStream:

@@ -10,7 +10,8 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 
 from meshd.httpwire import render_request
-from meshd.tunnel import MAX_MODEL_NAME, MAX_SERVED_MODELS, OTHER_MODEL, BackendStats, HostTunnel, requested_model
+from meshd.tunnel import BackendStats, HostTunnel, requested_model
+from meshd.tunnel.backend import MAX_MODEL_NAME, MAX_SERVED_MODELS, OTHER_MODEL
 
 from .test_tunnel_host import MemoryBackend, RecordingStream, start
 

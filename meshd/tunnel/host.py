@@ -1,28 +1,20 @@
-"""HTTP over TUNNEL_HTTP streams (MESH_PROTOCOL.md §5.8): the host side relays one request per
-stream to its OpenAI-compatible backend; the client side (``ClientTunnel``) sends a request to a
-host and hands the response back as it arrives.
+"""The host half of TUNNEL_HTTP (MESH_PROTOCOL.md §5.8): one request per inbound stream, relayed to
+the host's OpenAI-compatible backend, the raw response streamed back with backpressure.
 
 Streams are the Twisted-faced objects of ``meshd.quic`` (``write``, ``loseWriteConnection``,
-``reset``, ``registerProducer``, ``set_receiver``); anything with that face works, which keeps
-these adapters testable without QUIC.
+``reset``, ``registerProducer``, ``set_receiver``); anything with that face works (``TunnelStream``),
+which keeps the tunnel testable without QUIC. The client half is ``meshd.tunnel.client``.
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections.abc import Callable
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
-import attrs
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TxProtocol
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -30,7 +22,7 @@ from zope.interface import implementer
 from meshd import jsonbound
 from meshd.agentapi.translate import Output as TranslatorOutput
 from meshd.agentapi.translate import Translator
-from meshd.concurrency import Admission, ConcurrencyLimiter
+from meshd.concurrency import Admission
 from meshd.httpwire import (
     MAX_BODY_BYTES,
     HTTPWireError,
@@ -40,22 +32,17 @@ from meshd.httpwire import (
     ResponseHead,
     ResponseParser,
     openai_error_body,
-    render_request,
 )
 from meshd.ingress import Answer as IngressAnswer
 from meshd.ingress import HostIngress
+from meshd.tunnel.backend import Backend
 
-#: mesh-llm's BACKEND_PROXY_MAX_INFLIGHT: the backend limit when neither the flag nor the backend says.
-DEFAULT_BACKEND_INFLIGHT = 4
-BACKEND_CONNECT_TIMEOUT = 10.0
 #: The backend must start answering within this (mesh-llm's remote first-byte timeout).
 BACKEND_FIRST_BYTE_TIMEOUT = 300.0
 #: The whole request must arrive within this after the stream opened.
 REQUEST_READ_TIMEOUT = 30.0
 #: A peer that reads nothing of a response for this long loses its tunnel (and frees the slot).
 STALLED_READER_TIMEOUT = 60.0
-#: How long a tunnel may wait for a backend slot when its client does not say (``--backend-queue-timeout``).
-DEFAULT_BACKEND_QUEUE_TIMEOUT = 30.0
 #: Sent by meshd clients: seconds the host may queue the request for a slot (``0``: answer busy at once,
 #: so the client can try another host). Never forwarded to the backend.
 WAIT_HEADER = b"x-meshd-wait"
@@ -73,11 +60,6 @@ _REASONS = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
-#: Distinct model names counted in ``BackendStats.served`` (the names come from callers); the rest,
-#: and names longer than MAX_MODEL_NAME, count as OTHER_MODEL.
-MAX_SERVED_MODELS = 64
-MAX_MODEL_NAME = 256
-OTHER_MODEL = "(other)"
 
 
 class TunnelStream(Protocol):
@@ -91,14 +73,6 @@ class TunnelStream(Protocol):
     def unregisterProducer(self) -> None: ...
     def pauseProducing(self) -> None: ...
     def resumeProducing(self) -> None: ...
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def http_response(
@@ -133,166 +107,6 @@ def requested_model(body: bytes) -> str | None:
     return model if isinstance(model, str) else None
 
 
-@attrs.define
-class BackendStats:
-    requests: int = 0
-    #: Requests answered busy (no slot within their wait).
-    rejected_busy: int = 0
-    #: Requests that waited for a slot.
-    queued: int = 0
-    failed: int = 0
-    timeouts: int = 0
-    #: Tunnel requests whose response the backend sent in full, per requested model (bounded).
-    served: dict[str, int] = attrs.Factory(dict)
-    #: Called after each ``count_served`` (the console's live events follow it).
-    on_served: list[Callable[[], None]] = attrs.Factory(list)
-
-    def count_served(self, model: str | None) -> None:
-        key = model if model and len(model) <= MAX_MODEL_NAME else OTHER_MODEL
-        if key not in self.served and len(self.served) >= MAX_SERVED_MODELS:
-            key = OTHER_MODEL
-        self.served[key] = self.served.get(key, 0) + 1
-        for listener in list(self.on_served):
-            listener()
-
-
-class Backend:
-    """An OpenAI-compatible server this host relays tunnel requests to, with its slots.
-
-    A slot is held from the moment a request may go to the backend until its response is complete
-    (not until the backend closes). Requests over the limit wait in a bounded FIFO for their wait time.
-    """
-
-    _log = Logger()
-
-    def __init__(
-        self,
-        reactor: Any,
-        url: str,
-        max_inflight: int | None = None,
-        queue_timeout: float = DEFAULT_BACKEND_QUEUE_TIMEOUT,
-    ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"backend URL must be http(s)://host[:port], got {url!r}")
-        self.url = url
-        self.tls = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.tls else 80)
-        self.base_path = parts.path.rstrip("/")
-        #: Where the limit came from: ``flag``, ``default``, or what the backend said of itself.
-        self.limit_source = "flag" if max_inflight is not None else "default"
-        self.slots = ConcurrencyLimiter(max_inflight or DEFAULT_BACKEND_INFLIGHT, queue_timeout)
-        self.stats = BackendStats()
-        self.clock = reactor
-        self._reactor = reactor
-        self._waiters: dict[int, tuple[Callable[[], None], Callable[[], None], Any]] = {}
-        self._next_token = 0
-
-    @property
-    def max_inflight(self) -> int:
-        return self.slots.max_inflight
-
-    @property
-    def inflight(self) -> int:
-        return self.slots.inflight
-
-    def learned_limit(self, limit: int, source: str) -> None:
-        """The backend said how many requests it serves at once; the flag, when given, still wins."""
-        if self.limit_source == "flag":
-            return
-        changed = limit != self.slots.max_inflight
-        self.limit_source = source
-        if not changed:
-            return
-        self._log.info(
-            "backend {url} serves {n} requests at once ({source}); using that as the host's limit",
-            url=self.url,
-            n=limit,
-            source=source,
-            event="backend_limit",
-        )
-        for token in self.slots.set_limit(limit):
-            self._grant(token)
-
-    @property
-    def host_header(self) -> bytes:
-        default = 443 if self.tls else 80
-        host = self.host if ":" not in self.host else f"[{self.host}]"
-        return (host if self.port == default else f"{host}:{self.port}").encode("idna")
-
-    # slots ---------------------------------------------------------------------------------------
-
-    def request_slot(
-        self, granted: Callable[[], None], expired: Callable[[], None], wait: float | None
-    ) -> tuple[Admission, int]:
-        """Take a slot now (``ADMIT``), queue for one (``QUEUED``: ``granted`` or ``expired`` is called
-        later; the token is for ``cancel``), or ``REJECT`` (busy). ``wait`` caps the queueing time."""
-        self._next_token += 1
-        token = self._next_token
-        now = float(self.clock.seconds())
-        admission, deadline = self.slots.admit(token, now, wait)
-        if admission is Admission.ADMIT:
-            self.stats.requests += 1
-        elif admission is Admission.REJECT:
-            self.stats.rejected_busy += 1
-        else:
-            self.stats.queued += 1
-            timer = self.clock.callLater(max(0.0, deadline - now), self._expire)
-            self._waiters[token] = (granted, expired, timer)
-        return admission, token
-
-    def cancel(self, token: int) -> None:
-        waiter = self._waiters.pop(token, None)
-        self.slots.withdraw(token)
-        if waiter is not None and waiter[2].active():
-            waiter[2].cancel()
-
-    def release(self) -> None:
-        token = self.slots.release()
-        if token is not None:
-            self._grant(token)
-
-    def _grant(self, token: int) -> None:
-        waiter = self._waiters.pop(token, None)
-        if waiter is None:  # pragma: no cover - queued tokens always have a waiter
-            self.release()
-            return
-        granted, _, timer = waiter
-        if timer.active():
-            timer.cancel()
-        self.stats.requests += 1
-        granted()
-
-    def _expire(self) -> None:
-        for token in self.slots.expired(float(self.clock.seconds())):
-            waiter = self._waiters.pop(token, None)
-            if waiter is not None:
-                self.stats.rejected_busy += 1
-                waiter[1]()
-
-    # connections ---------------------------------------------------------------------------------
-
-    def connect(self, protocol: TxProtocol) -> Deferred[Any]:
-        endpoint: Any
-        if _is_ip(self.host):
-            # An address needs no resolver round trip through the thread pool (the usual 127.0.0.1).
-            cls = TCP6ClientEndpoint if ":" in self.host else TCP4ClientEndpoint
-            endpoint = cls(self._reactor, self.host, self.port, timeout=BACKEND_CONNECT_TIMEOUT)
-        else:
-            endpoint = HostnameEndpoint(self._reactor, self.host, self.port, timeout=BACKEND_CONNECT_TIMEOUT)
-        if self.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
-        factory = Factory.forProtocol(lambda: protocol)
-        factory.noisy = False
-        return endpoint.connect(factory)
-
-    def render(self, request: ParsedRequest) -> bytes:
-        target = self.base_path.encode() + request.target if self.base_path else request.target
-        headers = [(k, v) for k, v in request.headers if not k.lower().startswith(b"x-meshd-")]
-        return render_request(request.method, target, headers, request.body, host=self.host_header)
-
-
 class _BackendRelay(TxProtocol):
     """Backend TCP connection: writes the request, hands the raw response to the tunnel."""
 
@@ -313,11 +127,23 @@ class _BackendRelay(TxProtocol):
 
 
 class TunnelState(enum.Enum):
+    """The life of a host tunnel (docs/lifecycles.md draws it)."""
+
     READING = "reading"  # the request is arriving
     QUEUED = "queued"  # waiting for a backend slot
     CONNECTING = "connecting"  # holds a slot; dialling the backend
     RELAYING = "relaying"  # the backend's response flows to the stream
     DONE = "done"  # answered, failed or gone; the slot (if any) is free
+
+
+#: The only moves a host tunnel makes; anything else is a bug (``HostTunnel._enter`` refuses it).
+TUNNEL_MOVES: dict[TunnelState, frozenset[TunnelState]] = {
+    TunnelState.READING: frozenset({TunnelState.QUEUED, TunnelState.CONNECTING, TunnelState.DONE}),
+    TunnelState.QUEUED: frozenset({TunnelState.CONNECTING, TunnelState.DONE}),
+    TunnelState.CONNECTING: frozenset({TunnelState.RELAYING, TunnelState.DONE}),
+    TunnelState.RELAYING: frozenset({TunnelState.DONE}),
+    TunnelState.DONE: frozenset(),
+}
 
 
 @implementer(IPushProducer)
@@ -468,7 +294,7 @@ class HostTunnel:
         elif admission is Admission.REJECT:
             self._answer_busy()
         else:
-            self.state = TunnelState.QUEUED
+            self._enter(TunnelState.QUEUED)
             self._queue_token = token
 
     def _slot_granted(self) -> None:
@@ -500,7 +326,7 @@ class HostTunnel:
         )
 
     def _connect(self) -> None:
-        self.state = TunnelState.CONNECTING
+        self._enter(TunnelState.CONNECTING)
         self._relay = _BackendRelay(self, self._request_bytes)
         self._arm(BACKEND_FIRST_BYTE_TIMEOUT, self._first_byte_timeout)
         d = self.backend.connect(self._relay)
@@ -525,7 +351,7 @@ class HostTunnel:
         if self.state is not TunnelState.CONNECTING:
             relay.transport.abortConnection()  # type: ignore[attr-defined]
             return
-        self.state = TunnelState.RELAYING
+        self._enter(TunnelState.RELAYING)
         self._watch = _ReaderWatch(self, relay.transport)
         self.stream.registerProducer(self._watch, True)
 
@@ -633,6 +459,11 @@ class HostTunnel:
         self.stream.reset(RESET_TRUNCATED)
         self._finish()
 
+    def _enter(self, state: TunnelState) -> None:
+        if state not in TUNNEL_MOVES[self.state]:
+            raise AssertionError(f"host tunnel cannot go from {self.state.value} to {state.value}")
+        self.state = state
+
     # deadlines ------------------------------------------------------------------------------------
 
     def _arm(self, secs: float, fn: Callable[[], None]) -> None:
@@ -714,7 +545,7 @@ class HostTunnel:
         if self.state is TunnelState.DONE:
             return
         was = self.state
-        self.state = TunnelState.DONE
+        self._enter(TunnelState.DONE)
         self._disarm()
         if self._watch is not None:
             self._watch.cancel()
