@@ -218,15 +218,18 @@ STREAM: Mapping[tuple[Stream, StreamInput], Step[Stream]] = {
 
 
 def mermaid(table: Mapping[tuple[S, enum.Enum], Step[S]]) -> str:
-    """A mermaid ``stateDiagram-v2`` of *table*: the initial state, then one edge per state change
-    (inputs that lead to the same change share the edge); inputs that change nothing are left out."""
+    """A mermaid ``stateDiagram-v2`` of *table*: the initial state, one edge per state change (inputs
+    that lead to the same change share it), and the final states (those no input leaves); inputs
+    that change nothing are left out (the table has them)."""
     states = list(dict.fromkeys(state for state, _ in table))
     edges: dict[tuple[S, S], list[str]] = {}
     for (state, event), step in table.items():
         if step.to is not state:
             edges.setdefault((state, step.to), []).append(event.value)
+    leaving = {a for a, _ in edges}
     lines = ["stateDiagram-v2", f"    [*] --> {states[0].name}"]
     lines += [f"    {a.name} --> {b.name}: {' / '.join(events)}" for (a, b), events in edges.items()]
+    lines += [f"    {state.name} --> [*]" for state in states if state not in leaving]
     return "\n".join(lines)
 
 

@@ -227,14 +227,16 @@ class QuicStream(Generic[OwnerT]):
         return max(0, self._written - state[0])
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """Take bytes from *producer*; once the send side has ended it is stopped at once instead."""
         if self._producer is not None:
             raise RuntimeError("a producer is already registered")
+        if self._send is not Send.OPEN:
+            producer.stopProducing()
+            return
         self._producer = producer
         self._producer_streaming = streaming
         self._producer_paused = False
-        if self._send is not Send.OPEN:
-            producer.stopProducing()
-        elif not streaming:
+        if not streaming:
             producer.resumeProducing()
 
     def unregisterProducer(self) -> None:
