@@ -81,7 +81,7 @@ class MeshConnection:
     Public surface: :attr:`remote_id`, :attr:`alpn`, :attr:`is_client`,
     :attr:`on_stream`, :meth:`open_stream`, :meth:`close`, :meth:`when_closed`,
     :meth:`stats`.  Its streams use it through :class:`~meshd.quic.stream.StreamOwner`
-    (the ``stream_*`` methods, :meth:`transmit_soon`, :attr:`limits`).
+    (the ``stream_*`` methods and :attr:`limits`).
     """
 
     _log = Logger()
@@ -98,6 +98,8 @@ class MeshConnection:
         self._quic = quic
         self._reactor = reactor
         self.limits: TransportLimits = quic.limits
+        #: StreamOwner.stream_send_state: the core's own (on every write; no extra call).
+        self.stream_send_state: Callable[[int], tuple[int, int] | None] = quic.stream_send_state
         self.is_client: bool = quic.configuration.is_client
         self.remote_id: bytes | None = None
         self.alpn: bytes | None = None
@@ -461,12 +463,10 @@ class MeshConnection:
 
     def stream_consumed(self, stream_id: int, count: int) -> None:
         self._quic.consume(stream_id, count)
+        self.transmit_soon()
 
     def stream_released(self, stream_id: int) -> None:
         self._quic.release_stream(stream_id)
-
-    def stream_send_state(self, stream_id: int) -> tuple[int, int] | None:
-        return self._quic.stream_send_state(stream_id)
 
     def stream_blocked(self, stream: QuicStream[MeshConnection], blocked: bool) -> None:
         if blocked:

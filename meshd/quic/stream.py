@@ -63,6 +63,12 @@ _MIN_HIGH_WATER = 64 * 1024
 _STREAM_ERROR_INTERNAL = 1
 #: Receive states in which the peer may still send (our reset then sends STOP_SENDING).
 _RECEIVING = frozenset({Receive.OPEN, Receive.FIN_RECEIVED})
+# For the hot paths (write, data in, delivery): on CPython 3.11 reading an Enum member off its class
+# costs ~100 ns, a module global ~10 ns.
+_RX_OPEN = Receive.OPEN
+_RX_FIN_RECEIVED = Receive.FIN_RECEIVED
+_TX_OPEN = Send.OPEN
+_OPEN = Stream.OPEN
 
 
 class StreamReceiver(Protocol):
@@ -88,16 +94,14 @@ class StreamOwner(Protocol):
         """RESET_STREAM our side (*send*) and/or STOP_SENDING the peer's (*receive*); transmit soon."""
 
     def stream_consumed(self, stream_id: int, count: int) -> None:
-        """*count* received bytes left the stream (delivered or dropped): their receive credit may return."""
+        """*count* received bytes left the stream (delivered or dropped): their receive credit may
+        return (the window update goes out within this reactor turn)."""
 
     def stream_released(self, stream_id: int) -> None:
         """The peer reset the stream: count everything it sent as consumed."""
 
     def stream_send_state(self, stream_id: int) -> tuple[int, int] | None:
         """``(bytes sent, peer's MAX_STREAM_DATA)``, or None once aioquic forgot the stream."""
-
-    def transmit_soon(self) -> None:
-        """Send what is due within this reactor turn."""
 
     def stream_blocked(self, stream: QuicStream[Any], blocked: bool) -> None:
         """Whether *stream*'s producer waits for sends to drain: a blocked stream gets
@@ -182,7 +186,7 @@ class QuicStream(Generic[OwnerT]):
     def write(self, data: bytes) -> None:
         """Queue *data* on the stream.  Ignored once the send side was stopped or aborted;
         ``RuntimeError`` after :meth:`loseWriteConnection`."""
-        if self._send is not Send.OPEN:
+        if self._send is not _TX_OPEN:
             self._move_send(SendInput.WRITE)
             if self._send is Send.FIN_SENT:
                 raise RuntimeError("write after loseWriteConnection")
@@ -274,7 +278,7 @@ class QuicStream(Generic[OwnerT]):
 
     def handle_data(self, data: bytes, fin: bool) -> None:
         """STREAM frame bytes (and the FIN) aioquic delivered in order."""
-        if self._receive is not Receive.OPEN:
+        if self._receive is not _RX_OPEN:
             # Past the FIN, or after we stopped reading: give the credit back and drop it.
             self._move_receive(ReceiveInput.DATA)
             if fin:
@@ -396,19 +400,18 @@ class QuicStream(Generic[OwnerT]):
             return  # re-entered from a receiver callback; the outer loop continues
         self._delivering = True
         try:
-            while self._rx_buffer and not self._paused and self._receiver is not None and self._state is Stream.OPEN:
+            while self._rx_buffer and not self._paused and self._receiver is not None and self._state is _OPEN:
                 chunk = self._rx_buffer.popleft()
                 self._rx_buffered -= len(chunk)
                 self.connection.stream_consumed(self.stream_id, len(chunk))
-                self.connection.transmit_soon()
                 if not self._call_receiver("dataReceived", chunk):
                     return
             if (
-                self._receive is Receive.FIN_RECEIVED
+                self._receive is _RX_FIN_RECEIVED
                 and not self._rx_buffer
                 and not self._paused
                 and self._receiver is not None
-                and self._state is Stream.OPEN
+                and self._state is _OPEN
             ):
                 self._move_receive(ReceiveInput.DRAINED)
                 if self._call_receiver("eofReceived"):
