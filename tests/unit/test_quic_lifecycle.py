@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
@@ -714,3 +716,70 @@ def test_eof_received_that_sends_our_fin_closes_once_inside_it() -> None:
     assert order == ["lost", "fin sent"]  # closed by the FIN, re-entrantly, not after eofReceived returned
     assert echo.lost[0].check(ConnectionDone) and len(echo.lost) == 1
     assert d.pr.lost[0].check(ConnectionDone)
+
+
+# Any sequence of inputs, from both ends
+
+
+ACTIONS: dict[str, Callable[[Duo], None]] = {
+    "write": lambda d: d.s.write(b"w" * 100) if d.s.send_state is not Send.FIN_SENT else None,
+    "fin": lambda d: d.s.loseWriteConnection(),
+    "reset": lambda d: d.s.reset(11),
+    "pause": lambda d: d.s.pauseProducing(),
+    "resume": lambda d: d.s.resumeProducing(),
+    "peer write": lambda d: d.peer.write(b"p" * 100) if d.peer.send_state is not Send.FIN_SENT else None,
+    "peer fin": lambda d: d.peer.loseWriteConnection(),
+    "peer reset": lambda d: d.peer.reset(12),
+    "peer pause": lambda d: d.peer.pauseProducing(),
+    "peer resume": lambda d: d.peer.resumeProducing(),
+    "pump": Duo.pump,
+    "lose connection": Duo.lose_connection,
+    "late data": lambda d: d.s.handle_data(b"late", False),
+    "late fin": lambda d: d.s.handle_data(b"", True),
+    "stop sending": lambda d: d.s.handle_stop_sending(13),
+    "reset received": lambda d: d.s.handle_reset(14),
+    "connection lost received": lambda d: d.s.handle_connection_lost(CloseReason(error_code=0, reason="late")),
+}
+
+
+def reachable(table: Any, before: Any, after: Any) -> bool:
+    """Can *table* lead from *before* to *after* (one action may be several inputs: FIN then drained)?"""
+    seen, todo = {before}, [before]
+    while todo:
+        state = todo.pop()
+        for (origin, _), step in table.items():
+            if origin is state and step.to not in seen:
+                seen.add(step.to)
+                todo.append(step.to)
+    return after in seen
+
+
+def check_invariants(stream: QuicStream, log: Log) -> None:
+    names = [name for name, _ in log.events]
+    assert names.count("lost") == (1 if stream.is_closed else 0)
+    assert names.count("eof") <= 1
+    if "lost" in names:
+        assert names[-1] == "lost"  # nothing after connectionLost
+    if "eof" in names:
+        assert "data" not in names[names.index("eof") :]  # nothing after eofReceived but the end
+    if stream.is_closed:
+        assert stream.read_closed and stream.write_closed and stream.read_buffered == 0
+
+
+@given(st.lists(st.sampled_from(sorted(ACTIONS)), max_size=12))
+@settings(max_examples=60)
+def test_any_sequence_of_inputs_keeps_the_lifecycle(actions: list[str]) -> None:
+    d = Duo()
+    for action in actions:
+        ends = [(d.s, d.r), (d.peer, d.pr)]
+        before = [(s.receive_state, s.send_state, s.state) for s, _ in ends]
+        ACTIONS[action](d)
+        for (stream, log), (receive, send, state) in zip(ends, before, strict=True):
+            assert reachable(RECEIVE, receive, stream.receive_state), (action, receive, stream.receive_state)
+            assert reachable(SEND, send, stream.send_state), (action, send, stream.send_state)
+            assert reachable(STREAM, state, stream.state)
+            check_invariants(stream, log)
+    d.lose_connection()  # whatever happened, each end hears connectionLost exactly once
+    for stream, log in ((d.s, d.r), (d.peer, d.pr)):
+        check_invariants(stream, log)
+        assert len(log.lost) == 1
