@@ -6,7 +6,10 @@ Public API (see docs/quic.md):
 * :class:`MeshConnection` -- ``remote_id``, ``alpn``, ``open_stream``, ``on_stream``,
   ``close``, ``when_closed``, ``stats``.
 * :class:`QuicStream` -- ``set_receiver``, ``write``, ``loseWriteConnection``, ``reset``,
-  producer/consumer methods.
+  producer/consumer methods; its lifecycle is :mod:`meshd.quic.lifecycle` (docs/lifecycles.md).
+
+Modules import one way only: ``stream`` knows its connection as a ``StreamOwner``, ``connection``
+its endpoint as a ``ConnectionOwner`` (typing Protocols the owners implement).
 """
 
 from meshd.quic.connection import ConnectionStats, MeshConnection

@@ -13,7 +13,7 @@ A :class:`MeshConnection` owns one :class:`~meshd.quic.core.MeshQuicConnection`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 from aioquic.quic import events
@@ -25,15 +25,41 @@ from meshd.quic.core import MeshQuicConnection, TransportLimits
 from meshd.quic.errors import CloseReason, QuicError
 from meshd.quic.stream import QuicStream
 
-if TYPE_CHECKING:
-    from meshd.quic.endpoint import QuicEndpoint
-
-__all__ = ["ConnectionStats", "MeshConnection"]
+__all__ = ["ConnectionOwner", "ConnectionStats", "MeshConnection"]
 
 Address = tuple[str, int]
 
 #: Application error code used when a receiver callback raised.
 STREAM_ERROR_INTERNAL = 1
+
+
+class ConnectionOwner(Protocol):
+    """What a :class:`MeshConnection` needs from its endpoint (:class:`~meshd.quic.endpoint.QuicEndpoint`)."""
+
+    @property
+    def admission_tracked(self) -> bool:
+        """Whether connections are bounded until :meth:`MeshConnection.mark_admitted`."""
+
+    @property
+    def preadmission_bytes_per_connection(self) -> int:
+        """Bytes readers may hold for one connection not admitted."""
+
+    def reserve_preadmission(self, count: int) -> bool:
+        """Take *count* bytes from the budget shared by all connections not admitted (False: over it)."""
+
+    def release_preadmission(self, count: int) -> None:
+        """Give *count* reserved bytes back."""
+
+    def send_datagram(self, data: bytes, addr: Address) -> None: ...
+
+    def add_route(self, cid: bytes, conn: MeshConnection) -> None:
+        """Datagrams for connection ID *cid* go to *conn*."""
+
+    def remove_route(self, cid: bytes, conn: MeshConnection) -> None: ...
+
+    def connection_admitted(self, conn: MeshConnection) -> None: ...
+
+    def connection_ended(self, conn: MeshConnection) -> None: ...
 
 
 @attrs.frozen
@@ -54,14 +80,15 @@ class MeshConnection:
 
     Public surface: :attr:`remote_id`, :attr:`alpn`, :attr:`is_client`,
     :attr:`on_stream`, :meth:`open_stream`, :meth:`close`, :meth:`when_closed`,
-    :meth:`stats`.
+    :meth:`stats`.  Its streams use it through :class:`~meshd.quic.stream.StreamOwner`
+    (the ``stream_*`` methods and :attr:`limits`).
     """
 
     _log = Logger()
 
     def __init__(
         self,
-        endpoint: QuicEndpoint,
+        endpoint: ConnectionOwner,
         quic: MeshQuicConnection,
         reactor: IReactorTime,
         *,
@@ -71,15 +98,17 @@ class MeshConnection:
         self._quic = quic
         self._reactor = reactor
         self.limits: TransportLimits = quic.limits
+        #: StreamOwner.stream_send_state: the core's own (on every write; no extra call).
+        self.stream_send_state: Callable[[int], tuple[int, int] | None] = quic.stream_send_state
         self.is_client: bool = quic.configuration.is_client
         self.remote_id: bytes | None = None
         self.alpn: bytes | None = None
         self.peer_address = peer_address
         self.close_reason: CloseReason | None = None
-        self._streams: dict[int, QuicStream] = {}
-        self._pending_inbound: list[QuicStream] = []
-        self._on_stream: Callable[[QuicStream], None] | None = None
-        self._send_blocked: set[QuicStream] = set()
+        self._streams: dict[int, QuicStream[MeshConnection]] = {}
+        self._pending_inbound: list[QuicStream[MeshConnection]] = []
+        self._on_stream: Callable[[QuicStream[MeshConnection]], None] | None = None
+        self._send_blocked: set[QuicStream[MeshConnection]] = set()
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
         self._transmit_call: IDelayedCall | None = None
@@ -104,12 +133,12 @@ class MeshConnection:
     # Public API
 
     @property
-    def on_stream(self) -> Callable[[QuicStream], None] | None:
+    def on_stream(self) -> Callable[[QuicStream[MeshConnection]], None] | None:
         """Called with each stream the peer opens (before its first data is delivered)."""
         return self._on_stream
 
     @on_stream.setter
-    def on_stream(self, handler: Callable[[QuicStream], None] | None) -> None:
+    def on_stream(self, handler: Callable[[QuicStream[MeshConnection]], None] | None) -> None:
         self._on_stream = handler
         if handler is not None:
             pending, self._pending_inbound = self._pending_inbound, []
@@ -120,7 +149,7 @@ class MeshConnection:
     def is_connected(self) -> bool:
         return self.remote_id is not None and self.close_reason is None
 
-    def open_stream(self) -> QuicStream:
+    def open_stream(self) -> QuicStream[MeshConnection]:
         """Open a bidirectional stream (the peer sees it with the first byte or FIN)."""
         if self.close_reason is not None:
             raise QuicError("connection is closed")
@@ -159,36 +188,33 @@ class MeshConnection:
             return
         self.admitted = True
         self._release_all_preadmission()
-        self._endpoint._connection_admitted(self)
+        self._endpoint.connection_admitted(self)
         if self.close_reason is None:
             self._quic.admit()
-            self._transmit_soon()
+            self.transmit_soon()
 
     @property
     def admission_tracked(self) -> bool:
         """Whether the endpoint bounds this connection until :meth:`mark_admitted` (``admission``)."""
-        return self._endpoint.admission is not None
+        return self._endpoint.admission_tracked
 
     @property
     def preadmission_frame_limit(self) -> int | None:
         """Largest frame a reader may accept from this peer now (None once admitted)."""
         if self.admitted:
             return None
-        return self._endpoint.inbound.preadmission_bytes_per_connection
+        return self._endpoint.preadmission_bytes_per_connection
 
     def charge_preadmission(self, count: int) -> bool:
         """A reader is about to hold ``count`` more bytes for this peer. False (nothing charged) when
         the peer is not admitted and that would pass this connection's or the endpoint's budget."""
         if self.admitted or count <= 0:
             return True
-        inbound = self._endpoint.inbound
-        if (
-            self._preadmission_charged + count > inbound.preadmission_bytes_per_connection
-            or self._endpoint.preadmission_bytes + count > inbound.preadmission_bytes_total
-        ):
+        if self._preadmission_charged + count > self._endpoint.preadmission_bytes_per_connection:
+            return False
+        if not self._endpoint.reserve_preadmission(count):
             return False
         self._preadmission_charged += count
-        self._endpoint.preadmission_bytes += count
         return True
 
     def release_preadmission(self, count: int) -> None:
@@ -196,7 +222,7 @@ class MeshConnection:
         count = min(count, self._preadmission_charged)
         if count > 0:
             self._preadmission_charged -= count
-            self._endpoint.preadmission_bytes -= count
+            self._endpoint.release_preadmission(count)
 
     def _release_all_preadmission(self) -> None:
         self.release_preadmission(self._preadmission_charged)
@@ -238,7 +264,7 @@ class MeshConnection:
             self._log.failure("{conn}: receive_datagram failed; datagram dropped", conn=self)
         self._process_events()
         # One transmit for every datagram read in this reactor turn (ACKs and replies coalesce).
-        self._transmit_soon()
+        self.transmit_soon()
 
     def abort(self, reason: CloseReason) -> None:
         """Tear down at once (endpoint stopping); CONNECTION_CLOSE should already be out."""
@@ -246,7 +272,8 @@ class MeshConnection:
 
     # Transmission and timers
 
-    def _transmit_soon(self) -> None:
+    def transmit_soon(self) -> None:
+        """Transmit once, at the end of this reactor turn (writes and reads coalesce)."""
         if self._transmit_call is None and self.close_reason is None:
             self._transmit_call = self._reactor.callLater(0, self.transmit)
 
@@ -264,10 +291,10 @@ class MeshConnection:
             self._log.failure("{conn}: datagrams_to_send failed", conn=self)
             datagrams = []
         for data, addr in datagrams:
-            self._endpoint._send_datagram(data, addr)
+            self._endpoint.send_datagram(data, addr)
         self._process_events()
         for stream in list(self._send_blocked):
-            stream._check_resume()
+            stream.handle_transmitted()
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -323,23 +350,23 @@ class MeshConnection:
             if stream is None:
                 self._quic.consume(event.stream_id, len(event.data))
                 return
-            stream._on_data(event.data, event.end_stream)
+            stream.handle_data(event.data, event.end_stream)
         elif isinstance(event, events.StreamReset):
             stream = self._streams.get(event.stream_id)
             if stream is not None:
-                stream._on_reset(event.error_code)
+                stream.handle_reset(event.error_code)
             else:
                 self._quic.release_stream(event.stream_id)
         elif isinstance(event, events.StopSendingReceived):
             stream = self._streams.get(event.stream_id)
             if stream is not None:
-                stream._on_stop_sending(event.error_code)
+                stream.handle_stop_sending(event.error_code)
         elif isinstance(event, events.HandshakeCompleted):
             self._handshake_completed(event)
         elif isinstance(event, events.ConnectionIdIssued):
-            self._endpoint._add_route(event.connection_id, self)
+            self._endpoint.add_route(event.connection_id, self)
         elif isinstance(event, events.ConnectionIdRetired):
-            self._endpoint._remove_route(event.connection_id, self)
+            self._endpoint.remove_route(event.connection_id, self)
         elif isinstance(event, events.ConnectionTerminated):
             self._terminated(
                 CloseReason(
@@ -363,7 +390,7 @@ class MeshConnection:
         for d in waiters:
             d.callback(self)
 
-    def _stream_for_event(self, stream_id: int) -> QuicStream | None:
+    def _stream_for_event(self, stream_id: int) -> QuicStream[MeshConnection] | None:
         stream = self._streams.get(stream_id)
         if stream is not None:
             return stream
@@ -382,7 +409,7 @@ class MeshConnection:
             self._announce(stream)
         return stream
 
-    def _announce(self, stream: QuicStream) -> None:
+    def _announce(self, stream: QuicStream[MeshConnection]) -> None:
         assert self._on_stream is not None
         try:
             self._on_stream(stream)
@@ -405,11 +432,11 @@ class MeshConnection:
             reason=reason.reason,
         )
         for stream in list(self._streams.values()):
-            stream._on_connection_lost(reason)
+            stream.handle_connection_lost(reason)
         self._streams.clear()
         self._pending_inbound.clear()
         self._release_all_preadmission()
-        self._endpoint._connection_ended(self)
+        self._endpoint.connection_ended(self)
         waiters, self._handshake_waiters = self._handshake_waiters, []
         for d in waiters:
             d.errback(QuicError(f"connection closed before handshake: {reason}"))
@@ -417,13 +444,13 @@ class MeshConnection:
         for c in closed:
             c.callback(reason)
 
-    # Called by QuicStream
+    # StreamOwner: used by this connection's QuicStreams
 
-    def _stream_send(self, stream_id: int, data: bytes, *, end_stream: bool) -> None:
+    def stream_send(self, stream_id: int, data: bytes, *, end_stream: bool) -> None:
         self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
-        self._transmit_soon()
+        self.transmit_soon()
 
-    def _stream_abort(self, stream_id: int, code: int, *, send: bool, receive: bool) -> None:
+    def stream_abort(self, stream_id: int, code: int, *, send: bool, receive: bool) -> None:
         try:
             if send:
                 self._quic.reset_stream(stream_id, code)
@@ -432,9 +459,22 @@ class MeshConnection:
                 self._quic.release_stream(stream_id)
         except ValueError:
             self._log.debug("{conn}: stream {sid} already gone", conn=self, sid=stream_id)
-        self._transmit_soon()
+        self.transmit_soon()
 
-    def _stream_closed(self, stream: QuicStream) -> None:
+    def stream_consumed(self, stream_id: int, count: int) -> None:
+        self._quic.consume(stream_id, count)
+        self.transmit_soon()
+
+    def stream_released(self, stream_id: int) -> None:
+        self._quic.release_stream(stream_id)
+
+    def stream_blocked(self, stream: QuicStream[MeshConnection], blocked: bool) -> None:
+        if blocked:
+            self._send_blocked.add(stream)
+        else:
+            self._send_blocked.discard(stream)
+
+    def stream_closed(self, stream: QuicStream[MeshConnection]) -> None:
         self._streams.pop(stream.stream_id, None)
         self._send_blocked.discard(stream)
         self._quic.forget_stream(stream.stream_id)
@@ -443,4 +483,4 @@ class MeshConnection:
             if len(self._ended_peer_streams) > 256:
                 # aioquic emits nothing more for streams it has discarded.
                 self._ended_peer_streams = {sid for sid in self._ended_peer_streams if not self._quic.is_discarded(sid)}
-        self._transmit_soon()
+        self.transmit_soon()

@@ -167,7 +167,7 @@ class QuicEndpoint(DatagramProtocol):
         self._port: IListeningPort | None = None
         self._dial_timers: set[IDelayedCall] = set()
         self.dropped_datagrams = 0
-        # --- relay paths (meshd.relay.paths): pseudo-addresses routed to a non-UDP path ---
+        #: Relay paths (meshd.relay.paths): pseudo-addresses routed to a non-UDP path (:meth:`use_pseudo_paths`).
         self.pseudo_paths: PseudoPaths | None = None
 
     # Public API
@@ -285,7 +285,7 @@ class QuicEndpoint(DatagramProtocol):
             conn = MeshConnection(self, quic, self._reactor, peer_address=addr)
             attempts.append(conn)
             self._connections.add(conn)
-            self._add_route(quic.host_cid, conn)
+            self.add_route(quic.host_cid, conn)
         for conn in attempts:
             conn.when_handshake_done().addCallbacks(won, lost, errbackArgs=(conn,))
         timer = self._reactor.callLater(timeout, timed_out)
@@ -325,7 +325,7 @@ class QuicEndpoint(DatagramProtocol):
             return
         if header.version is not None and header.version not in _SUPPORTED_VERSIONS:
             if self.on_connection is not None and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE:
-                self._send_datagram(
+                self.send_datagram(
                     encode_quic_version_negotiation(
                         source_cid=header.destination_cid,
                         destination_cid=header.source_cid,
@@ -348,12 +348,30 @@ class QuicEndpoint(DatagramProtocol):
     def stopProtocol(self) -> None:
         self._close_all("endpoint stopped")
 
-    # Internals used by MeshConnection
+    def use_pseudo_paths(self, paths: PseudoPaths | None) -> None:
+        """Send to the addresses *paths* owns through it (the relay) rather than the UDP socket."""
+        self.pseudo_paths = paths
 
-    def _is_pseudo(self, addr: Any) -> bool:
-        return self.pseudo_paths is not None and self.pseudo_paths.owns(addr)
+    # ConnectionOwner: used by this endpoint's MeshConnections
 
-    def _send_datagram(self, data: bytes, addr: Address) -> None:
+    @property
+    def admission_tracked(self) -> bool:
+        return self.admission is not None
+
+    @property
+    def preadmission_bytes_per_connection(self) -> int:
+        return self.inbound.preadmission_bytes_per_connection
+
+    def reserve_preadmission(self, count: int) -> bool:
+        if self.preadmission_bytes + count > self.inbound.preadmission_bytes_total:
+            return False
+        self.preadmission_bytes += count
+        return True
+
+    def release_preadmission(self, count: int) -> None:
+        self.preadmission_bytes -= count
+
+    def send_datagram(self, data: bytes, addr: Address) -> None:
         if self.pseudo_paths is not None and self.pseudo_paths.owns(addr):
             self.pseudo_paths.send(data, addr)
             return
@@ -371,23 +389,29 @@ class QuicEndpoint(DatagramProtocol):
         except Exception as exc:  # ENOBUFS, EMSGSIZE, EAGAIN, wrong family...: QUIC recovers from loss
             self._log.debug("send to {addr} failed: {exc}", addr=addr, exc=exc)
 
-    def _add_route(self, cid: bytes, conn: MeshConnection) -> None:
+    def add_route(self, cid: bytes, conn: MeshConnection) -> None:
         self._routes[cid] = conn
         conn.cids.add(cid)
 
-    def _remove_route(self, cid: bytes, conn: MeshConnection) -> None:
+    def remove_route(self, cid: bytes, conn: MeshConnection) -> None:
         if self._routes.get(cid) is conn:
             del self._routes[cid]
         conn.cids.discard(cid)
 
-    def _connection_ended(self, conn: MeshConnection) -> None:
+    def connection_admitted(self, conn: MeshConnection) -> None:
+        self._forget_unadmitted(conn)
+
+    def connection_ended(self, conn: MeshConnection) -> None:
         for cid in list(conn.cids):
-            self._remove_route(cid, conn)
+            self.remove_route(cid, conn)
         self._connections.discard(conn)
         self._handshake_over(conn)
         self._forget_unadmitted(conn)
 
     # Private
+
+    def _is_pseudo(self, addr: Any) -> bool:
+        return self.pseudo_paths is not None and self.pseudo_paths.owns(addr)
 
     def _source_key(self, address: Address) -> Any:
         return address if self._is_pseudo(address) else address[0]
@@ -420,7 +444,7 @@ class QuicEndpoint(DatagramProtocol):
         scid = os.urandom(_CID_LENGTH)
         token = self._retry_tokens.issue(address, header.destination_cid, scid, now)
         self.retries_sent += 1
-        self._send_datagram(
+        self.send_datagram(
             encode_quic_retry(
                 version=header.version,
                 source_cid=scid,
@@ -448,8 +472,8 @@ class QuicEndpoint(DatagramProtocol):
         self._pending_by_source[source] += 1
         deadline = self._reactor.callLater(self.inbound.handshake_timeout, self._handshake_expired, conn)
         self._pending_inbound[conn] = deadline
-        self._add_route(dcid, conn)
-        self._add_route(quic.host_cid, conn)
+        self.add_route(dcid, conn)
+        self.add_route(quic.host_cid, conn)
 
         def ready(c: MeshConnection) -> None:
             self._handshake_over(c)
@@ -532,9 +556,6 @@ class QuicEndpoint(DatagramProtocol):
         timer = self._unadmitted.pop(conn, None)
         if timer is not None and timer.active():
             timer.cancel()
-
-    def _connection_admitted(self, conn: MeshConnection) -> None:
-        self._forget_unadmitted(conn)
 
     def _close_all(self, reason: str) -> None:
         for timer in list(self._dial_timers):
