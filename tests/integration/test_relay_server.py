@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from meshd.relay import frames as f
-from meshd.relay.client import UP, RelayClientConfig, RelayLink
-from meshd.relay.server import RelayServerConfig
+from meshd.iroh_relay import frames as f
+from meshd.iroh_relay.client import UP, RelayClientConfig, RelayLink
+from meshd.iroh_relay.server import RelayServerConfig
 from tests.integration.relay_peers import relay_url, start_relay
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import blake3
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from meshd.relay import frames as f
+from meshd.iroh_relay import frames as f
 
 A = bytes(range(32))
 B = bytes(range(32, 64))

@@ -50,8 +50,8 @@ __all__ = [
     "FAILING",
     "STOPPED",
     "UP",
+    "NostrPool",
     "PublishResult",
-    "RelayPool",
     "validate_relay_url",
 ]
 
@@ -165,7 +165,7 @@ class _RelayLink(Service):
 
     log = Logger()
 
-    def __init__(self, pool: RelayPool, url: str, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(self, pool: NostrPool, url: str, endpoint: IStreamClientEndpoint) -> None:
         super().__init__()
         self.pool = pool
         self.url = url
@@ -375,7 +375,7 @@ def _default_endpoint(reactor: Any, url: str) -> IStreamClientEndpoint:
     return endpoint
 
 
-class RelayPool(MultiService):
+class NostrPool(MultiService):
     """Reconnecting websocket clients to a set of Nostr relays, with shared subscriptions.
 
     :param reactor: provides IReactorTime and IReactorTCP (a ``Clock`` works with ``endpoint_factory``).

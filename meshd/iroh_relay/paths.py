@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from meshd.relay.client import RelayClient, canonical_relay_url
+from meshd.iroh_relay.client import RelayClient, canonical_relay_url
 
 if TYPE_CHECKING:
     from meshd.quic.endpoint import QuicEndpoint

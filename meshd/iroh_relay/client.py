@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from meshd.relay import frames as f
+from meshd.iroh_relay import frames as f
 
 __all__ = [
     "CONNECTING",

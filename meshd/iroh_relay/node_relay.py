@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
+from meshd.iroh_relay.client import RelayClient, RelayClientConfig, canonical_relay_url
+from meshd.iroh_relay.home import choose_home_relay
+from meshd.iroh_relay.paths import RelayPaths, is_relay_address
 from meshd.quic import MeshConnection, QuicEndpoint
-from meshd.relay.client import RelayClient, RelayClientConfig, canonical_relay_url
-from meshd.relay.home import choose_home_relay
-from meshd.relay.paths import RelayPaths, is_relay_address
 
 __all__ = ["NodeRelay"]
 
