@@ -24,7 +24,8 @@ from meshd.discovery.listing import (
     process_events,
 )
 from meshd.discovery.nip01 import Event, event_from_dict
-from meshd.discovery.nostr_pool import UP, NostrPool
+from meshd.discovery.nostr_pool import NostrPool
+from meshd.wslink import LinkState
 
 __all__ = ["DISCOVERY_WINDOW", "FetchResult", "discover", "fetch_events"]
 
@@ -80,7 +81,7 @@ def fetch_events(
         check()
 
     def on_state(url: str, state: str) -> None:
-        if state == UP:
+        if state == LinkState.UP:
             ever_up.add(url)
             eose.discard(url)  # a reconnect re-sends the REQ; wait for its EOSE
         check()
