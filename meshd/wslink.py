@@ -361,7 +361,7 @@ class WebSocketLink(Service):
         self._queue.clear()
         waiters, self._up_waiters = self._up_waiters, []
         for d in waiters:
-            d.errback(LinkStopped(f"{self.label} link {self.url} stopped"))
+            d.errback(LinkStopped(f"{self.label} {self.url}: the link was stopped"))
         return maybeDeferred(self._client.stopService)  # type: ignore[arg-type]
 
     # -- for the handler ---------------------------------------------------------------------------
@@ -427,6 +427,8 @@ class WebSocketLink(Service):
         self._fail(f"connect failed: {f.getErrorMessage()}")
 
     def _opened(self, conn: LinkConnection) -> None:
+        if not self.running:
+            return  # opened while we stop: ClientService is closing it
         self._conn = conn
         self._up = False
         self._guarded(self._handler.link_opened, conn)
