@@ -107,7 +107,11 @@ def relay_endpoint(reactor: Any, url: str) -> tuple[IStreamClientEndpoint, str]:
 
 
 class RelayLink(Service):
-    """One relay URL: the iroh relay protocol (handshake, keepalive, datagrams) over a :class:`WebSocketLink`."""
+    """One relay URL: the iroh relay protocol (handshake, keepalive, datagrams) over a :class:`WebSocketLink`.
+
+    *endpoint* replaces the TCP/TLS endpoint of the URL and *retry_policy* (``backoff level -> delay``) the
+    jittered backoff of *config*: tests pass a fake endpoint and a policy without jitter, with a ``Clock``.
+    """
 
     def __init__(
         self,
@@ -119,6 +123,7 @@ class RelayLink(Service):
         on_gone: OnGone | None = None,
         config: RelayClientConfig = RelayClientConfig(),
         endpoint: IStreamClientEndpoint | None = None,
+        retry_policy: Callable[[int], float] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -143,7 +148,9 @@ class RelayLink(Service):
             subprotocols=f.SUBPROTOCOLS,
             headers={"Authorization": f"Bearer {token}"} if token else {},
         )
-        policy = backoffPolicy(initialDelay=config.initial_backoff, maxDelay=config.max_backoff, factor=2.0)
+        policy = retry_policy or backoffPolicy(
+            initialDelay=config.initial_backoff, maxDelay=config.max_backoff, factor=2.0
+        )
         self._link = WebSocketLink(
             reactor,
             self.url,
@@ -180,6 +187,10 @@ class RelayLink(Service):
     def when_up(self) -> Deferred[RelayLink]:
         """Fires with this link once the relay confirmed our handshake; fails with LinkStopped on stop."""
         return self._link.when_up().addCallback(lambda _: self)
+
+    def touch(self) -> None:
+        """Count the link as used now (the idle sweep closes a peer relay's link ``idle_timeout`` after this)."""
+        self.last_used = self.reactor.seconds()
 
     def send(self, dst: bytes, datagram: bytes) -> None:
         """Queue one datagram for *dst*; dropped (and counted) when empty, too big, or the queue overflows."""
@@ -316,7 +327,11 @@ class RelayLink(Service):
 
 
 class RelayClient(MultiService):
-    """All relay links of a node: the home relay (always connected) and peers' relays (on demand)."""
+    """All relay links of a node: the home relay (always connected) and peers' relays (on demand).
+
+    ``endpoint_factory(url)`` gives the endpoint of a link (default: TCP, plus TLS for ``https``); tests pass
+    one with a ``Clock`` as the reactor.
+    """
 
     def __init__(
         self,
@@ -327,6 +342,7 @@ class RelayClient(MultiService):
         home_url: str | None = None,
         on_gone: OnGone | None = None,
         config: RelayClientConfig = RelayClientConfig(),
+        endpoint_factory: Callable[[str], IStreamClientEndpoint] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -336,6 +352,7 @@ class RelayClient(MultiService):
         self.config = config
         self.home_url = canonical_relay_url(home_url) if home_url else None
         self.links: dict[str, RelayLink] = {}
+        self._endpoint_factory = endpoint_factory
         self._sweep: IDelayedCall | None = None
 
     def link(self, url: str) -> RelayLink:
@@ -343,15 +360,26 @@ class RelayClient(MultiService):
         key = canonical_relay_url(url)
         link = self.links.get(key)
         if link is None:
+            endpoint = self._endpoint_factory(key) if self._endpoint_factory is not None else None
             link = RelayLink(
-                self.reactor, key, self.private_key, self._received, on_gone=self.on_gone, config=self.config
+                self.reactor,
+                key,
+                self.private_key,
+                self._received,
+                on_gone=self.on_gone,
+                config=self.config,
+                endpoint=endpoint,
             )
             self.links[key] = link
             link.setServiceParent(self)  # starts it when we are running
         return link
 
     def set_home(self, url: str | None) -> None:
+        """Make *url* the home relay (connected while we run); the old home link idles out from now on."""
+        old = self.links.get(self.home_url) if self.home_url is not None else None
         self.home_url = canonical_relay_url(url) if url else None
+        if old is not None and old.url != self.home_url:
+            old.touch()
         if self.home_url is not None and self.running:
             self.link(self.home_url)
 

@@ -9,89 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionRequest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.test.iosim import FakeTransport, IOPump, connect
 
 from meshd.wslink import LinkConnection, LinkOptions, LinkState, LinkStopped, WebSocketLink
+from tests.unit.ws_memory import MemoryEndpoint
 
 POLICY = backoffPolicy(jitter=lambda: 0)  # 1.5, 2.25, 3.375, ... for levels 1, 2, 3, ...
 URL = "ws://relay.test:7000"
 # autobahn's handshake/close timers run on txaio's loop, not on the Clock: off in these tests.
 QUIET = {"open_timeout": 0, "close_timeout": 0}
-
-
-class ServerProto(WebSocketServerProtocol):
-    def onConnect(self, request: ConnectionRequest) -> str | None:
-        owner: FakeEndpoint = self.factory.owner
-        owner.requests.append(request)
-        return owner.pick_subprotocol
-
-    def onOpen(self) -> None:
-        owner: FakeEndpoint = self.factory.owner
-        owner.server = self
-        if owner.greeting is not None:
-            self.sendMessage(owner.greeting, isBinary=True)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.factory.owner.received.append(payload)
-
-
-class FakeEndpoint:
-    """Each connect() takes the next outcome: "refuse" fails at once, "hang" never answers, "accept" wires an
-    in-memory websocket server to the link's connection (pumped with :meth:`flush`)."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.outcomes: list[str] = []
-        self.connects: list[float] = []
-        self.requests: list[ConnectionRequest] = []
-        self.received: list[bytes] = []
-        self.greeting: bytes | None = None
-        self.pick_subprotocol: str | None = None
-        self.server: ServerProto | None = None
-        self.pump: IOPump | None = None
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        self.connects.append(self.clock.seconds())
-        outcome = self.outcomes.pop(0) if self.outcomes else "refuse"
-        if outcome == "refuse":
-            return fail(ConnectionRefusedError("scripted refusal"))
-        if outcome == "hang":
-            return Deferred()
-        client = factory.buildProtocol(None)
-        sfactory = WebSocketServerFactory(reactor=self.clock)
-        sfactory.protocol = ServerProto
-        sfactory.owner = self
-        sfactory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
-        server = sfactory.buildProtocol(None)
-        self.server = None
-        self.pump = connect(
-            server,
-            FakeTransport(server, isServer=True),
-            client,
-            FakeTransport(client, isServer=False),
-            greet=False,
-            clock=self.clock,
-        )
-        return succeed(client)
-
-    def flush(self) -> None:
-        assert self.pump is not None
-        self.pump.flush()
-
-    def drop(self) -> None:
-        """The server goes away without a close handshake."""
-        assert self.server is not None
-        self.server.transport.loseConnection()
-        self.flush()
 
 
 class Handler:
@@ -124,8 +55,8 @@ class Handler:
         self.events.append("closed")
 
 
-def make_link(clock: Clock, up_on_open: bool = True, **options: Any) -> tuple[WebSocketLink, FakeEndpoint, Handler]:
-    ep = FakeEndpoint(clock)
+def make_link(clock: Clock, up_on_open: bool = True, **options: Any) -> tuple[WebSocketLink, MemoryEndpoint, Handler]:
+    ep = MemoryEndpoint(clock)
     handler = Handler(up_on_open)
     link = WebSocketLink(
         clock,
