@@ -9,7 +9,7 @@ Per-relay ``state`` (:class:`~meshd.wslink.LinkState`): ``connecting`` (a connec
 ``up`` (websocket open), ``failing`` (last attempt failed or the connection dropped; a retry is scheduled),
 ``stopped``. The backoff level goes back to 0 only after a connection stayed up ``stable_after`` seconds.
 Bad data from one relay (binary, malformed JSON, oversized frames) is logged and dropped; an oversized
-message makes autobahn close that one connection (1009), which is then retried.
+message makes autobahn fail that one connection (1009, by dropping it), which is then retried.
 """
 
 from __future__ import annotations
