@@ -204,6 +204,7 @@ class _LinkFactory(WebSocketClientFactory):  # type: ignore[misc]
         return conn
 
 
+@implementer(IStreamClientEndpoint)
 class _ObservedEndpoint:
     """Wraps the real endpoint so the link sees every connect attempt and its failure."""
 
@@ -295,7 +296,7 @@ class WebSocketLink(Service):
             closeHandshakeTimeout=options.close_timeout,
         )
         self._client = ClientService(
-            _ObservedEndpoint(self, endpoint),  # type: ignore[arg-type]
+            _ObservedEndpoint(self, endpoint),
             factory,
             retryPolicy=lambda _n: self._retry_policy(self._retry_level),
             clock=reactor,

@@ -61,7 +61,7 @@ def make_link(clock: Clock, up_on_open: bool = True, **options: Any) -> tuple[We
     link = WebSocketLink(
         clock,
         URL,
-        ep,  # type: ignore[arg-type]
+        ep,
         handler,
         ws_url=URL,
         retry_policy=POLICY,

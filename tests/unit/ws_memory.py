@@ -8,8 +8,10 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, IOPump, connect
+from zope.interface import implementer
 
 
 class ServerProto(WebSocketServerProtocol):
@@ -33,6 +35,7 @@ class ServerProto(WebSocketServerProtocol):
         self.owner.received.append(payload)
 
 
+@implementer(IStreamClientEndpoint)
 class MemoryEndpoint:
     """Each connect() takes the next outcome: "refuse" fails at once, "hang" never answers, "accept" wires an
     in-memory autobahn server (``protocol``) to the client's connection; :meth:`flush` moves the bytes."""
