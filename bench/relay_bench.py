@@ -106,7 +106,7 @@ def main() -> None:
         return statistics.median(times) * 1000
 
     async def run() -> None:
-        from meshd.relay.server import RelayServerConfig
+        from meshd.iroh_relay.server import RelayServerConfig
 
         relay = start_relay(reactor, RelayServerConfig(rate_bytes_per_s=None) if args.no_rate_limit else None)
         url = relay_url(relay)

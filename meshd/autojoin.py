@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from meshd.deferreds import fire_all
 from meshd.discovery.discover import discover
 from meshd.discovery.listing import DiscoveredMesh, MeshFilter, MeshListing, default_token_ok
-from meshd.discovery.relay import RelayPool
+from meshd.discovery.nostr_pool import NostrPool
 from meshd.discovery.scoring import Rediscovery, rank_for_rediscovery, read_last_mesh_id, smart_auto
 from meshd.node import Node, NodeState
 from meshd.protocol.peers import Role as PeerRole
@@ -51,9 +51,9 @@ class Discovery(Service):
         self,
         reactor: Any,
         node: Node,
-        pool: RelayPool | None = None,
+        pool: NostrPool | None = None,
         *,
-        make_pool: Callable[[], RelayPool] | None = None,
+        make_pool: Callable[[], NostrPool] | None = None,
         idle_secs: float = NOSTR_IDLE_SECS,
     ) -> None:
         self._reactor = reactor
@@ -82,7 +82,7 @@ class Discovery(Service):
         pool is open)."""
         return self.pool.status() if self.pool is not None else []
 
-    def _pool(self) -> RelayPool:
+    def _pool(self) -> NostrPool:
         if self.pool is None:
             if self._make_pool is None:
                 raise NostrOff("Nostr discovery is off (--no-nostr)")

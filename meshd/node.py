@@ -26,6 +26,8 @@ from meshd.control import STREAM_PROTOCOL_ERROR, Discard, FrameReader, InboundSt
 from meshd.control import send_oneway as _send_oneway
 from meshd.deferreds import failed, fire_all
 from meshd.identity import Identity
+from meshd.iroh_relay.client import RelayClientConfig
+from meshd.iroh_relay.node_relay import NodeRelay
 from meshd.mesh.state import SILENT_SUSPECT_SECS, DialBook, MeshState, PeerEntry
 from meshd.pipe import pipe
 from meshd.protocol import node_pb2
@@ -57,8 +59,6 @@ from meshd.protocol.validate import (
 from meshd.protocol.version import ANNOUNCED_VERSION
 from meshd.quic import MeshConnection, QuicEndpoint, QuicStream
 from meshd.quic.endpoint import AdmissionLimits
-from meshd.relay.client import RelayClientConfig
-from meshd.relay.node_relay import NodeRelay
 
 #: Connect plus gossip (mesh-llm 0.76: 30 s).
 JOIN_TIMEOUT = 30.0

@@ -51,19 +51,19 @@ from meshd.config import (  # noqa: E402
     Config,
     Role,
 )
+from meshd.discovery.nostr_pool import NostrPool  # noqa: E402
 from meshd.discovery.publish import Publisher  # noqa: E402
-from meshd.discovery.relay import RelayPool  # noqa: E402
 from meshd.host import BackendWatch  # noqa: E402
 from meshd.identity import Identity, IdentityError, load_or_create_key  # noqa: E402
+from meshd.iroh_relay.client import canonical_relay_url  # noqa: E402
+from meshd.iroh_relay.home import DEFAULT_RELAYS  # noqa: E402
+from meshd.iroh_relay.server import RelayServerConfig, RelayServerService  # noqa: E402
 from meshd.limits import raise_nofile_limit  # noqa: E402
 from meshd.logs import LEVELS as LOG_LEVELS  # noqa: E402
 from meshd.logs import set_level as set_log_level  # noqa: E402
 from meshd.node import Node  # noqa: E402
 from meshd.protocol.errors import InvalidToken  # noqa: E402
 from meshd.protocol.token import decode_token  # noqa: E402
-from meshd.relay.client import canonical_relay_url  # noqa: E402
-from meshd.relay.home import DEFAULT_RELAYS  # noqa: E402
-from meshd.relay.server import RelayServerConfig, RelayServerService  # noqa: E402
 from meshd.shared.scripts import PREFIX_RE as REDIS_PREFIX  # noqa: E402
 from meshd.shared.scripts import BadRedisURL  # noqa: E402
 from meshd.shared.scripts import check_url as check_redis_url  # noqa: E402
@@ -327,7 +327,7 @@ class Options(usage.Options):
         if self["log-level"] not in LOG_LEVELS:
             raise usage.UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self['log-level']!r}")
         gate = self._gate_options()
-        # --- iroh relay (meshd.relay) ---
+        # --- iroh relay (meshd.iroh_relay) ---
         if self["no-relay"] and self["relay"]:
             raise usage.UsageError("--relay and --no-relay contradict each other")
         relay_urls: tuple[str, ...] = () if self["no-relay"] else (tuple(self["relay"]) or DEFAULT_RELAYS)
@@ -591,7 +591,7 @@ def build_service(config: Config, reactor: Any) -> Any:
         discovery = Discovery(reactor, node)
         extra.append(("discovery", discovery))
     elif config.auto or config.publish:
-        pool = RelayPool(reactor, list(config.nostr_relays))
+        pool = NostrPool(reactor, list(config.nostr_relays))
         discovery = Discovery(reactor, node, pool)
         discovery.setServiceParent(pool)
         if config.publish:
@@ -599,7 +599,7 @@ def build_service(config: Config, reactor: Any) -> Any:
             publisher.setServiceParent(pool)
         extra.append(("discovery", pool))
     else:
-        discovery = Discovery(reactor, node, make_pool=lambda: RelayPool(reactor, list(config.nostr_relays)))
+        discovery = Discovery(reactor, node, make_pool=lambda: NostrPool(reactor, list(config.nostr_relays)))
         extra.append(("discovery", discovery))
     shared = _shared_gate(config, reactor)
     if shared is not None:

@@ -1,6 +1,6 @@
 """``meshd discover``: meshes listed on Nostr with their scores, filtered like the console's ``/api/discover``.
 
-It is the daemon's own discovery (:mod:`meshd.discovery`): one :class:`~meshd.discovery.relay.RelayPool`,
+It is the daemon's own discovery (:mod:`meshd.discovery`): one :class:`~meshd.discovery.nostr_pool.NostrPool`,
 :func:`~meshd.discovery.discover.discover` (every signature verified), the console's filter and score
 (:func:`~meshd.discovery.api.discover_api`) and ``--auto``'s choice (:func:`~meshd.discovery.scoring.smart_auto`).
 """
@@ -188,10 +188,10 @@ async def discover_meshes(reactor: Any, options: Options) -> tuple[list[dict[str
 
     from meshd.discovery.api import discover_api
     from meshd.discovery.discover import discover
-    from meshd.discovery.relay import RelayPool
+    from meshd.discovery.nostr_pool import NostrPool
     from meshd.discovery.scoring import read_last_mesh_id, smart_auto
 
-    pool = RelayPool(reactor, list(options.relays))
+    pool = NostrPool(reactor, list(options.relays))
     pool.startService()
     try:
         meshes = await discover(pool, reactor, window=options.wait)

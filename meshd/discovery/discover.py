@@ -1,4 +1,4 @@
-"""One-shot mesh discovery over a :class:`~meshd.discovery.relay.RelayPool` (MESH_PROTOCOL.md §1.4).
+"""One-shot mesh discovery over a :class:`~meshd.discovery.nostr_pool.NostrPool` (MESH_PROTOCOL.md §1.4).
 
 One ``REQ`` for ``{"kinds":[31990],"#k":["mesh-llm"],"limit":100}`` goes to every relay at once. The
 result is ready when every relay that is up has sent ``EOSE`` (or ``CLOSED``) and no relay is still on its
@@ -24,7 +24,8 @@ from meshd.discovery.listing import (
     process_events,
 )
 from meshd.discovery.nip01 import Event, event_from_dict
-from meshd.discovery.relay import UP, RelayPool
+from meshd.discovery.nostr_pool import NostrPool
+from meshd.wslink import LinkState
 
 __all__ = ["DISCOVERY_WINDOW", "FetchResult", "discover", "fetch_events"]
 
@@ -44,7 +45,7 @@ class FetchResult:
 
 
 def fetch_events(
-    pool: RelayPool,
+    pool: NostrPool,
     reactor: Any,
     filters: Sequence[Mapping[str, Any]],
     *,
@@ -80,7 +81,7 @@ def fetch_events(
         check()
 
     def on_state(url: str, state: str) -> None:
-        if state == UP:
+        if state == LinkState.UP:
             ever_up.add(url)
             eose.discard(url)  # a reconnect re-sends the REQ; wait for its EOSE
         check()
@@ -117,7 +118,7 @@ def fetch_events(
 
 
 def discover(
-    pool_or_urls: RelayPool | Sequence[str],
+    pool_or_urls: NostrPool | Sequence[str],
     reactor: Any,
     *,
     window: float = DISCOVERY_WINDOW,
@@ -133,13 +134,13 @@ def discover(
     and stopped). ``now`` gives unix seconds for the expiry check (default ``reactor.seconds``).
     """
     clock = now or reactor.seconds
-    if isinstance(pool_or_urls, RelayPool):
+    if isinstance(pool_or_urls, NostrPool):
         pool, owned = pool_or_urls, False
     else:
         urls = list(pool_or_urls)
         if not urls:
             return fail(NoRelayAvailable(0))
-        pool, owned = RelayPool(reactor, urls, **(pool_options or {})), True
+        pool, owned = NostrPool(reactor, urls, **(pool_options or {})), True
         pool.startService()
 
     def done(fetched: FetchResult) -> list[DiscoveredMesh]:

@@ -1,4 +1,4 @@
-"""Publishing this node's mesh listing (MESH_PROTOCOL.md §1.1) — a Twisted service over a RelayPool.
+"""Publishing this node's mesh listing (MESH_PROTOCOL.md §1.1) — a Twisted service over a NostrPool.
 
 Every 60 s the listing (from a caller-supplied callable) is signed with the persisted ``nostr.nsec`` key as
 a kind-31990 replaceable event expiring 120 s later. ``max_clients``: when the listing says
@@ -30,7 +30,7 @@ from meshd.discovery.listing import (
     listing_coordinate,
 )
 from meshd.discovery.nip01 import Event, validate_event
-from meshd.discovery.relay import PublishResult, RelayPool
+from meshd.discovery.nostr_pool import NostrPool, PublishResult
 
 __all__ = ["DELETION_KIND", "Publisher", "build_deletion_event"]
 
@@ -63,7 +63,7 @@ class Publisher(Service):
     def __init__(
         self,
         reactor: Any,
-        pool: RelayPool,
+        pool: NostrPool,
         listing_source: Callable[[], MeshListing | None],
         *,
         state_dir: Path | str | None = None,

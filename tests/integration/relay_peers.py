@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from meshd.relay.server import RelayServerConfig, RelayServerService
+from meshd.iroh_relay.server import RelayServerConfig, RelayServerService
 
 ALPN = b"mesh-llm/1"
 LIMIT = 8 * 1024 * 1024
@@ -86,9 +86,9 @@ class MeshdRelayed:
     def __init__(self, reactor: Any, url: str | None, *, echo: bool = True) -> None:
         from cryptography.hazmat.primitives.asymmetric import ed25519
 
+        from meshd.iroh_relay.client import RelayClient, RelayClientConfig
+        from meshd.iroh_relay.paths import RelayPaths
         from meshd.quic import QuicEndpoint
-        from meshd.relay.client import RelayClient, RelayClientConfig
-        from meshd.relay.paths import RelayPaths
 
         self.key = ed25519.Ed25519PrivateKey.generate()
         self.inbound: list[Any] = []

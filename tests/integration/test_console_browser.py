@@ -29,7 +29,7 @@ from meshd.autojoin import Discovery, listing_for
 from meshd.config import Config, Role
 from meshd.discovery.keys import NostrKeys
 from meshd.discovery.listing import build_listing_event
-from meshd.discovery.relay import RelayPool
+from meshd.discovery.nostr_pool import NostrPool
 from meshd.identity import Identity
 from meshd.node import Node, NodeState
 from meshd.protocol.peers import Role as PeerRole
@@ -182,7 +182,7 @@ async def start_mesh(
     if relay_url is not None:
         # Host A publishes its listing on a real relay; the client's console discovers it.
         await wait_for(lambda: host_a.mesh_id is not None)
-        pub = RelayPool(reactor, [relay_url])
+        pub = NostrPool(reactor, [relay_url])
         pub.startService()
         cleanup.append(pub)
         await pub.wait_settled(10)
@@ -190,7 +190,7 @@ async def start_mesh(
         assert listing is not None
         results = await pub.publish(build_listing_event(NostrKeys.generate(), listing, now=int(time.time())))
         assert [r.accepted for r in results] == [True], results
-        pool = RelayPool(reactor, [relay_url])
+        pool = NostrPool(reactor, [relay_url])
         pool.startService()
         cleanup.append(pool)
         await pool.wait_settled(10)

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from meshd.iroh_relay.home import DEFAULT_RELAYS
 from meshd.protocol.requirements import MeshGenesisPolicy, SignedBootstrapToken, SignedMeshGenesisPolicy, owner_id
 from meshd.protocol.token import decode_invite_token, decode_token
-from meshd.relay.home import DEFAULT_RELAYS
 from tests.integration.backend import LlamaBackend
 from tests.integration.daemon import Daemon
 from tests.integration.local_mesh import Mesh, get_json, start_odd_backend, until

@@ -19,7 +19,7 @@ from meshd.discovery.discover import discover
 from meshd.discovery.errors import NoRelayAvailable
 from meshd.discovery.keys import NostrKeys
 from meshd.discovery.listing import MeshFilter, MeshListing, build_listing_event, discovery_filter
-from meshd.discovery.relay import RelayPool
+from meshd.discovery.nostr_pool import NostrPool
 from meshd.discovery.scoring import score_mesh, smart_auto
 from tests.integration.relays import (  # noqa: F401  (fixtures)
     RelayProcess,
@@ -101,7 +101,7 @@ def test_meshd_listing_fetched_and_verified_by_nostr_sdk(rust_relay: RelayProces
         node_count=1,
         name="mesh-llm",
     )
-    pool = RelayPool(reactor, [rust_relay.url, py_relay.url])
+    pool = NostrPool(reactor, [rust_relay.url, py_relay.url])
     pool.startService()
     try:
         yield pool.wait_settled(10)
@@ -126,7 +126,7 @@ def test_dead_relay_does_not_block_discovery(rust_relay: RelayProcess, py_relay:
         reactor, rust_relay.url, [sdk_listing_event(k, mesh_llm_listing_json(3), created_at=now)], tmp_path
     )
     dead = dead_relay_url()
-    pool = RelayPool(reactor, [dead, rust_relay.url, py_relay.url])
+    pool = NostrPool(reactor, [dead, rust_relay.url, py_relay.url])
     pool.startService()
     try:
         meshes = yield discover(pool, reactor, window=5.0)
@@ -215,7 +215,7 @@ def test_stale_replaceable_after_newer_newest_wins(py_relay: RelayProcess, tmp_p
 
 @pytest_twisted.inlineCallbacks
 def test_discovery_reuses_running_pool(rust_relay: RelayProcess):
-    pool = RelayPool(reactor, [rust_relay.url])
+    pool = NostrPool(reactor, [rust_relay.url])
     pool.startService()
     try:
         for _ in range(2):

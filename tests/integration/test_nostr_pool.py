@@ -1,4 +1,4 @@
-"""RelayPool and Publisher against real relay processes: restart, drops, oversized events, delisting."""
+"""NostrPool and Publisher against real relay processes: restart, drops, oversized events, delisting."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from twisted.internet.task import deferLater
 from meshd.discovery.discover import discover
 from meshd.discovery.keys import NostrKeys
 from meshd.discovery.listing import MeshListing, build_listing_event
+from meshd.discovery.nostr_pool import NostrPool
 from meshd.discovery.publish import Publisher
-from meshd.discovery.relay import RelayPool
 from tests.integration.relays import (  # noqa: F401  (fixtures)
     RelayProcess,
     ScriptedRelay,
@@ -64,13 +64,13 @@ def wait_until(predicate: Any, timeout: float = 20.0, step: float = 0.05) -> Def
     return loop()
 
 
-def state_of(pool: RelayPool, url: str) -> dict[str, Any]:
+def state_of(pool: NostrPool, url: str) -> dict[str, Any]:
     return next(s for s in pool.status() if s["url"] == url)
 
 
 @pytest_twisted.inlineCallbacks
 def test_relay_restart_reconnects_with_backoff_and_resubscribes(rust_relay: RelayProcess):
-    pool = RelayPool(reactor, [rust_relay.url], retry_policy=FAST_RETRY)
+    pool = NostrPool(reactor, [rust_relay.url], retry_policy=FAST_RETRY)
     seen: list[str] = []
     eoses: list[str] = []
     pool.subscribe("live", [{"kinds": [1]}], lambda u, e: seen.append(e["content"]), eoses.append)
@@ -100,7 +100,7 @@ def test_relay_restart_reconnects_with_backoff_and_resubscribes(rust_relay: Rela
 def test_relay_dropping_mid_subscription_does_not_disturb_the_other(py_relay: RelayProcess):
     dropper = ScriptedRelay(reactor, events=[], send_eose=False).start()
     dropper.extra_on_req.append(lambda proto: reactor.callLater(0.2, proto.transport.abortConnection))
-    pool = RelayPool(reactor, [dropper.url, py_relay.url], retry_policy=FAST_RETRY)
+    pool = NostrPool(reactor, [dropper.url, py_relay.url], retry_policy=FAST_RETRY)
     got: list[tuple[str, str]] = []
     pool.subscribe("live", [{"kinds": [1]}], lambda u, e: got.append((u, e["content"])), lambda u: None)
     pool.startService()
@@ -128,7 +128,7 @@ def test_one_mib_event_is_refused_cleanly(rust_relay: RelayProcess, py_relay: Re
     huge = build_listing_event(keys, listing(serving=["x" * (1024 * 1024)]), now=int(time.time()))
     normal = build_listing_event(NostrKeys.generate(), listing(2), now=int(time.time()))
     # 1) our own bound: refused locally, nothing sent
-    pool = RelayPool(reactor, [rust_relay.url, py_relay.url])
+    pool = NostrPool(reactor, [rust_relay.url, py_relay.url])
     pool.startService()
     try:
         yield pool.wait_settled(10)
@@ -137,7 +137,7 @@ def test_one_mib_event_is_refused_cleanly(rust_relay: RelayProcess, py_relay: Re
     finally:
         yield pool.stopService()
     # 2) with our bound lifted the real relays refuse it (OK false, or close the connection)
-    big_pool = RelayPool(reactor, [rust_relay.url, py_relay.url], max_message_bytes=4 * 1024 * 1024)
+    big_pool = NostrPool(reactor, [rust_relay.url, py_relay.url], max_message_bytes=4 * 1024 * 1024)
     big_pool.startService()
     try:
         yield big_pool.wait_settled(10)
@@ -163,7 +163,7 @@ def test_publisher_publishes_honours_max_clients_and_delists(
     rust_relay: RelayProcess, py_relay: RelayProcess, tmp_path: Path
 ):
     current = {"listing": listing(5, max_clients=2, client_count=0, mesh_id="pub-mesh")}
-    pool = RelayPool(reactor, [rust_relay.url, py_relay.url])
+    pool = NostrPool(reactor, [rust_relay.url, py_relay.url])
     pool.startService()
     publisher = Publisher(reactor, pool, lambda: current["listing"], state_dir=tmp_path / "state", interval=0.5)
     try:

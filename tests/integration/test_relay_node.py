@@ -20,9 +20,9 @@ from twisted.internet.defer import Deferred
 from meshd.config import Config, Role
 from meshd.host import BackendWatch
 from meshd.identity import Identity
+from meshd.iroh_relay.client import canonical_relay_url
 from meshd.node import Node, NodeState
 from meshd.protocol.token import EndpointAddr, decode_token, encode_token
-from meshd.relay.client import canonical_relay_url
 from meshd.status import StatusView
 from meshd.tunnel import Backend
 from meshd.web.api import APIApp

@@ -9,7 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from meshd.relay.paths import is_relay_address
+from meshd.iroh_relay.paths import is_relay_address
 from tests.integration.relay_peers import (
     MeshdRelayed,
     as_deferred,

@@ -12,9 +12,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from meshd.relay import frames as f
-from meshd.relay.client import UP, RelayClientConfig, RelayLink
-from meshd.relay.server import RelayServerConfig
+from meshd.iroh_relay import frames as f
+from meshd.iroh_relay.client import RelayClientConfig, RelayLink
+from meshd.iroh_relay.server import RelayServerConfig
+from meshd.wslink import LinkState
 from tests.integration.relay_peers import relay_url, start_relay
 
 pytestmark = pytest.mark.integration
@@ -161,7 +162,7 @@ def test_garbage_frames_close_only_that_connection(relay):  # type: ignore[no-un
         raw.send(f.encode(f.Ping(b"12345678")))
         assert (yield raw.factory.closed) == 4002
         assert relay.server.status()["metrics"]["bad_frames"] == 5
-        assert bystander.state == UP
+        assert bystander.state == LinkState.UP
     finally:
         yield bystander.stopService()
 
@@ -247,7 +248,7 @@ def test_a_client_that_never_reads_is_bounded(relay):  # type: ignore[no-untyped
         assert metrics["queue_drops"] > 0
         queues = [len(c.queue) for c in relay.server._open]
         assert max(queues) <= 16
-        assert sender.state == UP
+        assert sender.state == LinkState.UP
     finally:
         sleeper.proto.transport.resumeProducing()
         yield sender.stopService()
@@ -318,10 +319,10 @@ def test_relay_restart_clients_reconnect():  # type: ignore[no-untyped-def]
         yield links_up(a, b)
         yield first.stopService()
         for _ in range(100):
-            if a.state != UP and b.state != UP:
+            if a.state != LinkState.UP and b.state != LinkState.UP:
                 break
             yield task.deferLater(reactor, 0.05, lambda: None)
-        assert a.state != UP and b.state != UP
+        assert a.state != LinkState.UP and b.state != LinkState.UP
         b_id = key_bytes(b.private_key)
         a.send(b_id, b"queued while down")
         second = start_relay(reactor, port=port)

@@ -37,6 +37,7 @@ from meshd.httpwire import (
     reshape_upstream_error,
 )
 from meshd.identity import Identity
+from meshd.iroh_relay import frames
 from meshd.protocol import node_pb2
 from meshd.protocol.errors import InvalidToken, ProtocolError
 from meshd.protocol.framing import FrameDecoder, StreamTypeReader
@@ -44,7 +45,6 @@ from meshd.protocol.peers import peer_info_from_announcement
 from meshd.protocol.token import EndpointAddr, decode_invite_token, encode_token, parse_socket_addr
 from meshd.quic import QuicEndpoint
 from meshd.quic.testing import MemoryNetwork
-from meshd.relay import frames
 from meshd.tunnel import requested_model, requested_wait
 from meshd.web.gate import bearer_token, client_ip, parse_keys
 

@@ -6,9 +6,9 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from meshd.relay.client import canonical_relay_url, relay_endpoint
-from meshd.relay.home import DEFAULT_RELAYS, ping_url
-from meshd.relay.server import RelayServerService
+from meshd.iroh_relay.client import canonical_relay_url, relay_endpoint
+from meshd.iroh_relay.home import DEFAULT_RELAYS, ping_url
+from meshd.iroh_relay.server import RelayServerService
 from meshd.tap import Options, build_service
 
 

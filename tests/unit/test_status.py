@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 
 from meshd import __version__
 from meshd.config import Config, Role
-from meshd.discovery.relay import PublishResult
+from meshd.discovery.nostr_pool import PublishResult
 from meshd.identity import Identity
 from meshd.node import Node
 from meshd.protocol import node_pb2

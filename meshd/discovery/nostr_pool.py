@@ -1,13 +1,15 @@
 """A pool of reconnecting Nostr relay websocket clients (Twisted + autobahn adapter).
 
-One :class:`~twisted.application.internet.ClientService` per relay URL, each driving an autobahn websocket
-client. The adapter only moves messages: parsing is :mod:`meshd.discovery.nip01`, and events are handed
-to subscribers as raw dicts (callers verify signatures themselves).
+One :class:`~meshd.wslink.WebSocketLink` per relay URL (``ClientService`` + autobahn, reconnect with jittered
+exponential backoff, shared with the iroh relay client). This module only adds NIP-01: parsing is
+:mod:`meshd.discovery.nip01`, and events are handed to subscribers as raw dicts (callers verify signatures
+themselves).
 
-Per-relay ``state``: ``connecting`` (a connect attempt is in progress), ``up`` (websocket open),
-``failing`` (last attempt failed or the connection dropped; a retry is scheduled with jittered exponential
-backoff), ``stopped``. Bad data from one relay (binary, malformed JSON, oversized frames) is logged and
-dropped; an oversized message makes autobahn close that one connection (1009), which is then retried.
+Per-relay ``state`` (:class:`~meshd.wslink.LinkState`): ``connecting`` (a connect attempt is in progress),
+``up`` (websocket open), ``failing`` (last attempt failed or the connection dropped; a retry is scheduled),
+``stopped``. The backoff level goes back to 0 only after a connection stayed up ``stable_after`` seconds.
+Bad data from one relay (binary, malformed JSON, oversized frames) is logged and dropped; an oversized
+message makes autobahn fail that one connection (1009, by dropping it), which is then retried.
 """
 
 from __future__ import annotations
@@ -19,16 +21,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from autobahn.websocket.types import ConnectionResponse
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from meshd.discovery.errors import MalformedMessage
 from meshd.discovery.nip01 import (
@@ -44,21 +41,13 @@ from meshd.discovery.nip01 import (
     format_req,
     parse_relay_message,
 )
+from meshd.wslink import LinkConnection, LinkOptions, LinkState, WebSocketLink, stream_endpoint
 
 __all__ = [
-    "CONNECTING",
-    "FAILING",
-    "STOPPED",
-    "UP",
+    "NostrPool",
     "PublishResult",
-    "RelayPool",
     "validate_relay_url",
 ]
-
-CONNECTING = "connecting"
-UP = "up"
-FAILING = "failing"
-STOPPED = "stopped"
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024
 
@@ -99,183 +88,51 @@ class _Subscription:
     on_eose: OnEose
 
 
-class _RelayProtocol(WebSocketClientProtocol):  # type: ignore[misc]
-    """Forwards websocket events to the owning :class:`_RelayLink`; holds no logic."""
-
-    link: _RelayLink
-
-    def onConnect(self, response: ConnectionResponse) -> None:
-        pass
-
-    def onOpen(self) -> None:
-        self.link.opened(self)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if isBinary:
-            self.link.log.warn("dropping binary message from {url}", url=self.link.url)
-            return
-        self.link.message_received(payload)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.link.closed(self, code, reason)
-
-    def send_text(self, text: str) -> None:
-        self.sendMessage(text.encode("utf-8"), isBinary=False)
-
-
-class _RelayFactory(WebSocketClientFactory):  # type: ignore[misc]
-    noisy = False
-    protocol = _RelayProtocol
-
-    def __init__(self, link: _RelayLink, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.link = link
-
-    def buildProtocol(self, addr: Any) -> _RelayProtocol:
-        proto = super().buildProtocol(addr)
-        assert isinstance(proto, _RelayProtocol)
-        proto.link = self.link
-        return proto
-
-
-class _ObservedEndpoint:
-    """Wraps the real endpoint so the link sees every connect attempt and its failure."""
-
-    def __init__(self, link: _RelayLink, endpoint: IStreamClientEndpoint) -> None:
-        self._link = link
-        self._endpoint = endpoint
-
-    def __repr__(self) -> str:
-        return self._link.url
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        self._link.attempt_started()
-        d: Deferred[Any] = self._endpoint.connect(factory)
-
-        def failed(f: Failure) -> Failure:
-            self._link.attempt_failed(f)
-            return f
-
-        d.addErrback(failed)
-        return d
-
-
-class _RelayLink(Service):
-    """State and bookkeeping for one relay; the protocol calls into it, the pool reads it."""
+class _NostrRelay:
+    """NIP-01 over one relay's :class:`WebSocketLink`: subscriptions re-sent on connect, OK waiters."""
 
     log = Logger()
 
-    def __init__(self, pool: RelayPool, url: str, endpoint: IStreamClientEndpoint) -> None:
-        super().__init__()
+    def __init__(self, pool: NostrPool, url: str, endpoint: IStreamClientEndpoint) -> None:
         self.pool = pool
         self.url = url
-        self.state = STOPPED
-        self.last_error: str | None = None
-        self.since = pool.reactor.seconds()
-        self.attempts = 0  # consecutive failures, reset when the websocket opens
-        self.ever_up = False
-        self._retry_level = 0  # drives backoff; reset only after a stable connection
-        self._up_at: float | None = None
-        self.protocol: _RelayProtocol | None = None
         self.pending_ok: dict[str, list[Deferred[PublishResult]]] = {}
-        factory = _RelayFactory(self, url=url, reactor=pool.reactor)
-        factory.setProtocolOptions(
-            autoPingInterval=pool.ping_interval,
-            autoPingTimeout=pool.ping_timeout,
-            maxMessagePayloadSize=pool.max_message_bytes,
-            maxFramePayloadSize=pool.max_message_bytes,
-            openHandshakeTimeout=pool.open_timeout,
-            closeHandshakeTimeout=2,
+        options = LinkOptions(
+            max_message_bytes=pool.max_message_bytes,
+            ping_interval=pool.ping_interval,
+            ping_timeout=pool.ping_timeout,
+            open_timeout=pool.open_timeout,
+            stable_after=pool.stable_after,
         )
-        self.client_service = ClientService(
-            _ObservedEndpoint(self, endpoint),  # type: ignore[arg-type]
-            factory,
-            retryPolicy=lambda _n: pool.retry_policy(self._retry_level),
-            clock=pool.reactor,
+        self.link = WebSocketLink(
+            pool.reactor,
+            url,
+            endpoint,
+            self,
+            ws_url=url,
+            retry_policy=pool.retry_policy,
+            options=options,
+            label="nostr relay",
         )
 
-    # -- lifecycle ---------------------------------------------------------------------------------
+    # -- LinkHandler -------------------------------------------------------------------------------
 
-    def startService(self) -> None:
-        super().startService()
-        self.client_service.startService()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        d: Deferred[None] = maybeDeferred(self.client_service.stopService)
-
-        def done(result: object) -> object:
-            self._set_state(STOPPED)
-            return result
-
-        return d.addBoth(done)
-
-    def _set_state(self, state: str, error: str | None = None) -> None:
-        if error is not None:
-            self.last_error = error
-        if state != self.state:
-            self.state = state
-            self.since = self.pool.reactor.seconds()
-            self.pool._state_changed(self.url, state)
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "state": self.state,
-            "last_error": self.last_error,
-            "since": self.since,
-            "attempts": self.attempts,
-        }
-
-    # -- events from the endpoint / protocol -------------------------------------------------------
-
-    def attempt_started(self) -> None:
-        if self.running:
-            self._set_state(CONNECTING)
-
-    def attempt_failed(self, f: Failure) -> None:
-        self._fail(f"connect failed: {f.getErrorMessage()}")
-
-    def _fail(self, error: str) -> None:
-        self.attempts += 1
-        self._retry_level += 1
-        if self.running:
-            self._set_state(FAILING, error)
-        # One line when a relay starts failing; the retries after it are debug (state is in /api/status).
-        log = self.log.info if self.attempts == 1 else self.log.debug
-        log("nostr relay {url} failing (attempt {n}): {error}", url=self.url, n=self.attempts, error=error)
-
-    def opened(self, proto: _RelayProtocol) -> None:
-        self.protocol = proto
-        self.attempts = 0
-        self.ever_up = True
-        self._up_at = self.pool.reactor.seconds()
-        self.last_error = None
-        self._set_state(UP)
-        self.log.info("nostr relay {url} up", url=self.url)
+    def link_opened(self, conn: LinkConnection) -> None:
+        self.link.set_up(conn)
         for sub in list(self.pool._subscriptions.values()):
             self.send_req(sub)
 
-    def closed(self, proto: _RelayProtocol, code: int | None, reason: str | None) -> None:
-        was_current = proto is self.protocol
-        if was_current:
-            self.protocol = None
+    def link_closed(self, conn: LinkConnection) -> None:
         for waiters in self.pending_ok.values():
             for w in waiters:
                 if not w.called:
                     w.callback(PublishResult(self.url, False, "connection lost"))
         self.pending_ok.clear()
-        if was_current and self._up_at is not None:
-            if self.pool.reactor.seconds() - self._up_at >= self.pool.stable_after:
-                self._retry_level = 0
-            self._up_at = None
-        if not self.running:
-            self._set_state(STOPPED)
-            return
-        detail = f"connection closed (code {code}): {reason}" if reason else f"connection closed (code {code})"
-        self._fail(detail if was_current else f"websocket handshake failed: {reason or code}")
 
-    def message_received(self, payload: bytes) -> None:
+    def link_message(self, conn: LinkConnection, payload: bytes, binary: bool) -> None:
+        if binary:
+            self.log.warn("dropping binary message from {url}", url=self.url)
+            return
         try:
             msg = parse_relay_message(payload)
         except MalformedMessage as e:
@@ -325,18 +182,14 @@ class _RelayLink(Service):
     # -- sending -----------------------------------------------------------------------------------
 
     def send(self, text: str) -> bool:
-        proto = self.protocol
-        if proto is None or self.state != UP:
-            return False
-        proto.send_text(text)
-        return True
+        return self.link.send(text.encode("utf-8"), binary=False)
 
     def send_req(self, sub: _Subscription) -> None:
         self.send(format_req(sub.sub_id, sub.filters))
 
     def publish(self, event: Event, text: str, timeout: float) -> Deferred[PublishResult]:
-        if self.state != UP:
-            return _succeed(PublishResult(self.url, False, f"relay not connected ({self.state})"))
+        if not self.link.is_up:
+            return _succeed(PublishResult(self.url, False, f"relay not connected ({self.link.state.value})"))
         d: Deferred[PublishResult] = Deferred()
         self.pending_ok.setdefault(event.id, []).append(d)
 
@@ -369,19 +222,16 @@ def _succeed(value: PublishResult) -> Deferred[PublishResult]:
 
 def _default_endpoint(reactor: Any, url: str) -> IStreamClientEndpoint:
     secure, host, port = validate_relay_url(url)
-    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port, timeout=10)
-    if secure:
-        endpoint = wrapClientTLS(optionsForClientTLS(host.rstrip(".")), endpoint)
-    return endpoint
+    return stream_endpoint(reactor, host, port, secure)
 
 
-class RelayPool(MultiService):
+class NostrPool(MultiService):
     """Reconnecting websocket clients to a set of Nostr relays, with shared subscriptions.
 
     :param reactor: provides IReactorTime and IReactorTCP (a ``Clock`` works with ``endpoint_factory``).
     :param urls: relay URLs (``ws://`` or ``wss://``); duplicates are ignored.
     :param max_message_bytes: bound on one incoming websocket message/frame and on one outgoing EVENT.
-    :param retry_policy: ``attempt -> delay`` (default: ``backoffPolicy()`` with random jitter).
+    :param retry_policy: ``backoff level -> delay`` (default: ``backoffPolicy()`` with random jitter).
     :param endpoint_factory: ``url -> IStreamClientEndpoint`` (default: TCP, plus TLS for ``wss``).
     """
 
@@ -413,33 +263,32 @@ class RelayPool(MultiService):
         self.retry_policy = retry_policy or backoffPolicy(jitter=random.random)
         self._subscriptions: dict[str, _Subscription] = {}
         self._listeners: list[StateListener] = []
-        self._links: dict[str, _RelayLink] = {}
+        self._relays: dict[str, _NostrRelay] = {}
         make_endpoint = endpoint_factory or (lambda u: _default_endpoint(reactor, u))
         for url in urls:
             validate_relay_url(url)
-            if url in self._links:
+            if url in self._relays:
                 continue
-            link = _RelayLink(self, url, make_endpoint(url))
-            link.setName(url)
-            link.setServiceParent(self)
-            self._links[url] = link
+            relay = _NostrRelay(self, url, make_endpoint(url))
+            relay.link.setName(url)
+            relay.link.setServiceParent(self)
+            relay.link.watch(lambda link, state: self._state_changed(link.url, state.value))
+            self._relays[url] = relay
 
     @property
     def urls(self) -> list[str]:
-        return list(self._links)
+        return list(self._relays)
 
     def status(self) -> list[dict[str, Any]]:
         """One dict per relay: ``url``, ``state``, ``last_error``, ``since`` (unix s), ``attempts``."""
-        return [link.status() for link in self._links.values()]
+        return [relay.link.status() for relay in self._relays.values()]
 
     def up_urls(self) -> list[str]:
-        return [u for u, link in self._links.items() if link.state == UP]
+        return [u for u, relay in self._relays.items() if relay.link.is_up]
 
     def settling_urls(self) -> list[str]:
         """Relays still on their first connect attempt (never up, never failed)."""
-        return [
-            u for u, link in self._links.items() if link.state == CONNECTING and link.attempts == 0 and not link.ever_up
-        ]
+        return [u for u, relay in self._relays.items() if _settling(relay.link)]
 
     def watch_state(self, listener: StateListener) -> Callable[[], None]:
         """Call ``listener(url, state)`` on every state change; returns an unsubscribe function."""
@@ -468,15 +317,15 @@ class RelayPool(MultiService):
         sub = _Subscription(sub_id, tuple(dict(f) for f in filters), on_event, on_eose)
         format_req(sub.sub_id, sub.filters)  # validate before storing
         self._subscriptions[sub_id] = sub
-        for link in self._links.values():
-            link.send_req(sub)
+        for relay in self._relays.values():
+            relay.send_req(sub)
 
     def unsubscribe(self, sub_id: str) -> None:
         if self._subscriptions.pop(sub_id, None) is None:
             return
         text = format_close(sub_id)
-        for link in self._links.values():
-            link.send(text)
+        for relay in self._relays.values():
+            relay.send(text)
 
     # -- publishing --------------------------------------------------------------------------------
 
@@ -488,18 +337,18 @@ class RelayPool(MultiService):
         if size > self.max_message_bytes:
             results = [
                 PublishResult(u, False, f"event is {size} bytes; limit is {self.max_message_bytes}")
-                for u in self._links
+                for u in self._relays
             ]
             d: Deferred[list[PublishResult]] = Deferred()
             d.callback(results)
             return d
         t = self.publish_timeout if timeout is None else timeout
-        per_relay = [link.publish(event, text, t) for link in self._links.values()]
+        per_relay = [relay.publish(event, text, t) for relay in self._relays.values()]
         gathered = DeferredList(per_relay, consumeErrors=True)
 
         def collect(results: list[tuple[bool, Any]]) -> list[PublishResult]:
             out: list[PublishResult] = []
-            for url, (ok, value) in zip(self._links, results, strict=True):
+            for url, (ok, value) in zip(self._relays, results, strict=True):
                 out.append(value if ok else PublishResult(url, False, f"error: {value.getErrorMessage()}"))
             return out
 
@@ -526,3 +375,7 @@ class RelayPool(MultiService):
         unwatch = self.watch_state(check)
         check()
         return d
+
+
+def _settling(link: WebSocketLink) -> bool:
+    return link.state is LinkState.CONNECTING and link.attempts == 0 and not link.ever_up

@@ -1,12 +1,14 @@
-"""Relay client: one reconnecting websocket per relay URL, speaking iroh's relay protocol.
+"""iroh relay client: one reconnecting websocket per relay URL, speaking iroh's relay protocol.
 
-:class:`RelayLink` is one relay (``ClientService`` + autobahn, reconnect with jittered exponential backoff):
-``wss://`` with normal certificate checks (``optionsForClientTLS`` on the host without its trailing dot) for
-``https://`` URLs, ``ws://`` for ``http://`` ones; subprotocol ``iroh-relay-v2`` (v1 accepted); the challenge
-handshake signed with the node key; a Ping at once and every ``ping_interval``, reconnecting when a Pong misses
-its deadline; datagrams out as single frames, in as single or batch frames. Sends go through a bounded queue
-(the oldest datagram is dropped beyond ``max_queue``: QUIC recovers from loss) that drains while the socket
-accepts data and is held while it is not connected or its buffer is full.
+:class:`RelayLink` is one relay: a :class:`~meshd.wslink.WebSocketLink` (``ClientService`` + autobahn, reconnect
+with jittered exponential backoff, shared with the Nostr pool) plus the iroh parts: ``wss://`` with normal
+certificate checks (``optionsForClientTLS`` on the host without its trailing dot) for ``https://`` URLs, ``ws://``
+for ``http://`` ones; subprotocol ``iroh-relay-v2`` (v1 accepted); a ``--relay-auth`` bearer token in the upgrade;
+the challenge handshake signed with the node key (the link is ``up`` once the relay confirms it, ``denied``
+when it refuses); a Ping at once and every ``ping_interval``, reconnecting when a Pong misses its deadline;
+datagrams out as single frames, in as single or batch frames. Sends go through the link's bounded queue (the
+oldest datagram is dropped beyond ``max_queue``: QUIC recovers from loss) that drains while the socket accepts
+data and is held while it is not up or its buffer is full.
 
 :class:`RelayClient` holds the links: the home relay always, any other relay on demand (closed after
 ``idle_timeout`` without traffic). Received datagrams go to ``on_datagram(url, src_id, data)``.
@@ -16,46 +18,29 @@ from __future__ import annotations
 
 import os
 import random
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from autobahn.websocket.types import ConnectionResponse
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from meshd.relay import frames as f
+from meshd.iroh_relay import frames as f
+from meshd.wslink import LinkConnection, LinkCounters, LinkOptions, LinkState, WebSocketLink, stream_endpoint
 
 __all__ = [
-    "CONNECTING",
-    "DENIED",
-    "FAILING",
-    "STOPPED",
-    "UP",
-    "LinkCounters",
     "RelayClient",
     "RelayClientConfig",
+    "RelayCounters",
     "RelayLink",
     "canonical_relay_url",
     "relay_endpoint",
 ]
-
-CONNECTING = "connecting"
-UP = "up"
-FAILING = "failing"
-DENIED = "denied"
-STOPPED = "stopped"
 
 OnDatagram = Callable[[str, bytes, bytes], object]
 OnGone = Callable[[str, bytes], object]
@@ -72,22 +57,21 @@ class RelayClientConfig:
     idle_timeout: float = 60.0
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
+    #: A connection up this long resets the backoff when it drops.
+    stable_after: float = 10.0
     #: ``--relay-auth URL=TOKEN``: canonical relay URL -> bearer token sent with the websocket upgrade.
     auth: dict[str, str] = attrs.field(factory=dict, repr=False)
 
 
 @attrs.define
-class LinkCounters:
-    connects: int = 0
-    connect_failures: int = 0
-    disconnects: int = 0
-    denied: int = 0
+class RelayCounters(LinkCounters):
+    """The link's own counters (connects, failures, denials, queue drops) and the iroh relay protocol's."""
+
     datagrams_out: int = 0
     datagrams_in: int = 0
     bytes_out: int = 0
     bytes_in: int = 0
     batches_in: int = 0
-    queue_drops: int = 0
     oversize_drops: int = 0
     endpoint_gone: int = 0
     pong_timeouts: int = 0
@@ -117,91 +101,17 @@ def relay_endpoint(reactor: Any, url: str) -> tuple[IStreamClientEndpoint, str]:
     secure = parts.scheme not in ("http", "ws")
     host = (parts.hostname or "").rstrip(".")
     port = parts.port or (443 if secure else 80)
-    tcp = HostnameEndpoint(reactor, host, port, timeout=10)
     shown = f"[{host}]" if ":" in host else host
     ws_url = f"{'wss' if secure else 'ws'}://{shown}:{port}/relay"
-    if secure:
-        return wrapClientTLS(optionsForClientTLS(host), tcp), ws_url
-    return tcp, ws_url
-
-
-@implementer(IPushProducer)
-class _Protocol(WebSocketClientProtocol):  # type: ignore[misc]
-    link: RelayLink
-    relay_version: str = f.PROTOCOL_V2
-    authed = False
-    paused = False
-
-    def onConnect(self, response: ConnectionResponse) -> None:
-        if response.protocol not in f.SUBPROTOCOLS:
-            raise Exception(f"relay answered with subprotocol {response.protocol!r}")
-        self.relay_version = response.protocol
-
-    def onOpen(self) -> None:
-        transport: Any = self.transport
-        try:
-            transport.registerProducer(self, True)
-        except RuntimeError:
-            pass
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if isBinary:
-            self.link._message(self, payload)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.link._closed(self, code, reason)
-
-    def send_frame(self, data: bytes) -> None:
-        if self.state == WebSocketClientProtocol.STATE_OPEN:
-            self.sendMessage(data, isBinary=True)
-
-    # IPushProducer: the transport's buffer is full / drained
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.link._drain()
-
-    def stopProducing(self) -> None:
-        self.paused = True
-
-
-class _Factory(WebSocketClientFactory):  # type: ignore[misc]
-    protocol = _Protocol
-
-    def __init__(self, link: RelayLink, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.link = link
-
-    def buildProtocol(self, addr: Any) -> _Protocol:
-        proto = super().buildProtocol(addr)
-        assert isinstance(proto, _Protocol)
-        proto.link = self.link
-        return proto
-
-
-class _Observed:
-    def __init__(self, link: RelayLink, endpoint: IStreamClientEndpoint) -> None:
-        self._link = link
-        self._endpoint = endpoint
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        self._link.state = CONNECTING
-        self._link._opened_at = self._link.reactor.seconds()
-        d: Deferred[Any] = self._endpoint.connect(factory)
-
-        def failed(failure: Failure) -> Failure:
-            self._link.counters.connect_failures += 1
-            self._link.state = FAILING
-            self._link.last_error = failure.getErrorMessage()
-            return failure
-
-        return d.addErrback(failed)
+    return stream_endpoint(reactor, host, port, secure), ws_url
 
 
 class RelayLink(Service):
-    """One relay URL: connection, handshake, keepalive, bounded send queue, counters."""
+    """One relay URL: the iroh relay protocol (handshake, keepalive, datagrams) over a :class:`WebSocketLink`.
+
+    *endpoint* replaces the TCP/TLS endpoint of the URL and *retry_policy* (``backoff level -> delay``) the
+    jittered backoff of *config*: tests pass a fake endpoint and a policy without jitter, with a ``Clock``.
+    """
 
     def __init__(
         self,
@@ -213,6 +123,7 @@ class RelayLink(Service):
         on_gone: OnGone | None = None,
         config: RelayClientConfig = RelayClientConfig(),
         endpoint: IStreamClientEndpoint | None = None,
+        retry_policy: Callable[[int], float] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -221,45 +132,65 @@ class RelayLink(Service):
         self.on_datagram = on_datagram
         self.on_gone = on_gone
         self.config = config
-        self.state = STOPPED
-        self.last_error: str | None = None
         self.last_status: int | None = None
-        self.counters = LinkCounters()
+        self.counters = RelayCounters()
         self.last_used = reactor.seconds()
-        self.connected_at: float | None = None
-        self.handshake_seconds: float | None = None
-        self._queue: deque[bytes] = deque()
-        self._proto: _Protocol | None = None
-        self._opened_at = 0.0
         self._ping_data: bytes | None = None
         self._ping_timer: IDelayedCall | None = None
         self._pong_timer: IDelayedCall | None = None
-        self._up_waiters: list[Deferred[RelayLink]] = []
         tcp, ws_url = relay_endpoint(reactor, self.url) if endpoint is None else (endpoint, "ws://relay/relay")
         token = next((t for u, t in config.auth.items() if canonical_relay_url(u) == self.url), None)
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        factory = _Factory(self, url=ws_url, protocols=list(f.SUBPROTOCOLS), reactor=reactor, headers=headers)
-        factory.setProtocolOptions(
-            maxMessagePayloadSize=f.MAX_FRAME_SIZE,
-            maxFramePayloadSize=f.MAX_FRAME_SIZE,
-            openHandshakeTimeout=config.connect_timeout,
-            closeHandshakeTimeout=2,
-            autoPingInterval=0,
+        options = LinkOptions(
+            max_message_bytes=f.MAX_FRAME_SIZE,
+            open_timeout=config.connect_timeout,
+            stable_after=config.stable_after,
+            max_queue=config.max_queue,
+            subprotocols=f.SUBPROTOCOLS,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
         )
-        policy = backoffPolicy(initialDelay=config.initial_backoff, maxDelay=config.max_backoff, factor=2.0)
-        self._client = ClientService(_Observed(self, tcp), factory, retryPolicy=policy, clock=reactor)  # type: ignore[arg-type]
+        policy = retry_policy or backoffPolicy(
+            initialDelay=config.initial_backoff, maxDelay=config.max_backoff, factor=2.0
+        )
+        self._link = WebSocketLink(
+            reactor,
+            self.url,
+            tcp,
+            self,
+            ws_url=ws_url,
+            retry_policy=policy,
+            options=options,
+            counters=self.counters,
+            label="iroh relay",
+        )
 
     # -- public --
     @property
+    def state(self) -> LinkState:
+        return self._link.state
+
+    @property
+    def last_error(self) -> str | None:
+        return self._link.last_error
+
+    @property
     def is_up(self) -> bool:
-        return self.state == UP and self._proto is not None
+        return self._link.is_up
+
+    @property
+    def connected_at(self) -> float | None:
+        return self._link.connected_at
+
+    @property
+    def handshake_seconds(self) -> float | None:
+        return self._link.handshake_seconds
 
     def when_up(self) -> Deferred[RelayLink]:
-        if self.is_up:
-            return succeed(self)
-        d: Deferred[RelayLink] = Deferred()
-        self._up_waiters.append(d)
-        return d
+        """Fires with this link once the relay confirmed our handshake; fails with LinkStopped on stop."""
+        return self._link.when_up().addCallback(lambda _: self)
+
+    def touch(self) -> None:
+        """Count the link as used now (the idle sweep closes a peer relay's link ``idle_timeout`` after this)."""
+        self.last_used = self.reactor.seconds()
 
     def send(self, dst: bytes, datagram: bytes) -> None:
         """Queue one datagram for *dst*; dropped (and counted) when empty, too big, or the queue overflows."""
@@ -274,56 +205,48 @@ class RelayLink(Service):
             return
         self.counters.datagrams_out += 1
         self.counters.bytes_out += len(datagram)
-        proto = self._proto
-        if proto is not None and proto.authed and not proto.paused and not self._queue:
-            proto.send_frame(frame)
-            return
-        if len(self._queue) >= self.config.max_queue:
-            self._queue.popleft()
-            self.counters.queue_drops += 1
-        self._queue.append(frame)
+        self._link.send(frame, binary=True)
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self._link.queued
 
     def status(self) -> dict[str, Any]:
+        conn = self._link.connection
         return {
-            "url": self.url,
-            "state": self.state,
-            "protocol": self._proto.relay_version if self._proto is not None else None,
-            "last_error": self.last_error,
+            **self._link.status(),
+            "protocol": conn.subprotocol if conn is not None and self.is_up else None,
             "last_status": self.last_status,
-            "queued": len(self._queue),
+            "queued": self._link.queued,
             "handshake_ms": round(self.handshake_seconds * 1000, 2) if self.handshake_seconds is not None else None,
             **attrs.asdict(self.counters),
         }
 
     def startService(self) -> None:
         super().startService()
-        self._client.startService()
+        self._link.startService()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        self.state = STOPPED
         self._cancel_timers()
-        self._queue.clear()
-        for d in self._up_waiters:
-            d.errback(Exception(f"relay link {self.url} stopped"))
-        self._up_waiters = []
-        return maybeDeferred(self._client.stopService)  # type: ignore[arg-type]
+        return self._link.stopService()
 
-    # -- from the protocol --
-    def _message(self, proto: _Protocol, data: bytes) -> None:
+    # -- LinkHandler --
+    def link_opened(self, conn: LinkConnection) -> None:
+        pass  # the relay speaks first: ServerChallenge
+
+    def link_message(self, conn: LinkConnection, data: bytes, binary: bool) -> None:
+        if not binary:
+            return
         try:
-            frame = f.decode(data, proto.relay_version)
+            frame = f.decode(data, conn.subprotocol or f.PROTOCOL_V2)
         except f.FrameError as e:
             self.counters.bad_frames += 1
             _log.info("relay {url}: bad frame ({err}); reconnecting", url=self.url, err=e)
-            proto.dropConnection(abort=True)
+            conn.abort()
             return
-        if not proto.authed:
-            self._handshake(proto, frame)
+        if not self._link.is_up:
+            self._handshake(conn, frame)
             return
         if isinstance(frame, f.RelayToClientDatagram):
             self._deliver(frame.src, frame.data)
@@ -332,7 +255,7 @@ class RelayLink(Service):
             for segment in f.split_segments(frame.segment_size, frame.data):
                 self._deliver(frame.src, segment)
         elif isinstance(frame, f.Ping):
-            proto.send_frame(f.encode(f.Pong(frame.data)))
+            conn.send_message(f.encode(f.Pong(frame.data)), binary=True)
         elif isinstance(frame, f.Pong):
             if frame.data == self._ping_data:
                 self._ping_data = None
@@ -349,13 +272,17 @@ class RelayLink(Service):
                 self.counters.rate_limited += 1
             _log.info("relay {url}: status {code}", url=self.url, code=frame.code)
         elif isinstance(frame, f.Health):
-            self.last_error = frame.problem
+            self._link.report_problem(frame.problem)
         elif isinstance(frame, f.Restarting):
             _log.info("relay {url} is restarting (reconnect in {ms} ms)", url=self.url, ms=frame.reconnect_in_ms)
         else:
             self.counters.bad_frames += 1
-            proto.dropConnection(abort=True)
+            conn.abort()
 
+    def link_closed(self, conn: LinkConnection) -> None:
+        self._cancel_timers()
+
+    # -- the iroh relay protocol --
     def _deliver(self, src: bytes, data: bytes) -> None:
         self.counters.datagrams_in += 1
         self.counters.bytes_in += len(data)
@@ -363,64 +290,34 @@ class RelayLink(Service):
         if data:
             self.on_datagram(self.url, src, data)
 
-    def _handshake(self, proto: _Protocol, frame: f.Frame) -> None:
+    def _handshake(self, conn: LinkConnection, frame: f.Frame) -> None:
         if isinstance(frame, f.ServerChallenge):
-            proto.send_frame(f.encode(f.make_client_auth(self.private_key, frame.challenge)))
+            conn.send_message(f.encode(f.make_client_auth(self.private_key, frame.challenge)), binary=True)
         elif isinstance(frame, f.ServerConfirmsAuth):
-            proto.authed = True
-            self._proto = proto
-            self.state = UP
-            self.last_error = None
-            self.connected_at = self.reactor.seconds()
-            self.handshake_seconds = self.connected_at - self._opened_at
-            self.counters.connects += 1
-            self._client_ping()
-            self._drain()
-            waiters, self._up_waiters = self._up_waiters, []
-            for d in waiters:
-                d.callback(self)
+            self._link.set_up(conn)
+            if self._link.is_up:
+                self._client_ping(conn)
         elif isinstance(frame, f.ServerDeniesAuth):
-            self.counters.denied += 1
-            log = _log.warn if self.counters.denied == 1 else _log.debug  # once, not at every retry
-            self.state = DENIED
-            self.last_error = f"denied: {frame.reason}"
-            log("relay {url} denied us: {reason}", url=self.url, reason=frame.reason)
-            proto.sendClose(1000)
+            self._link.deny(conn, frame.reason)
         else:
             self.counters.bad_frames += 1
-            proto.dropConnection(abort=True)
+            conn.abort()
 
-    def _closed(self, proto: _Protocol, code: int | None, reason: str | None) -> None:
-        if self._proto is proto:
-            self._proto = None
-            self.counters.disconnects += 1
-            self._cancel_timers()
-        if self.state != STOPPED and self.state != DENIED:
-            self.state = FAILING
-            if reason:
-                self.last_error = reason
-
-    def _drain(self) -> None:
-        proto = self._proto
-        while self._queue and proto is not None and proto.authed and not proto.paused:
-            proto.send_frame(self._queue.popleft())
-
-    def _client_ping(self) -> None:
-        proto = self._proto
-        if proto is None:
+    def _client_ping(self, conn: LinkConnection) -> None:
+        if self._link.connection is not conn:
             return
         self._ping_data = os.urandom(8)
-        proto.send_frame(f.encode(f.Ping(self._ping_data)))
+        conn.send_message(f.encode(f.Ping(self._ping_data)), binary=True)
         if self._pong_timer is None or not self._pong_timer.active():
-            self._pong_timer = self.reactor.callLater(self.config.pong_timeout, self._pong_missed, proto)
-        self._ping_timer = self.reactor.callLater(self.config.ping_interval, self._client_ping)
+            self._pong_timer = self.reactor.callLater(self.config.pong_timeout, self._pong_missed, conn)
+        self._ping_timer = self.reactor.callLater(self.config.ping_interval, self._client_ping, conn)
 
-    def _pong_missed(self, proto: _Protocol) -> None:
+    def _pong_missed(self, conn: LinkConnection) -> None:
         self._pong_timer = None
-        if self._proto is proto:
+        if self._link.connection is conn:
             self.counters.pong_timeouts += 1
             _log.info("relay {url}: no pong; reconnecting", url=self.url)
-            proto.dropConnection(abort=True)
+            conn.abort()
 
     def _cancel_timers(self) -> None:
         for timer in (self._ping_timer, self._pong_timer):
@@ -430,7 +327,11 @@ class RelayLink(Service):
 
 
 class RelayClient(MultiService):
-    """All relay links of a node: the home relay (always connected) and peers' relays (on demand)."""
+    """All relay links of a node: the home relay (always connected) and peers' relays (on demand).
+
+    ``endpoint_factory(url)`` gives the endpoint of a link (default: TCP, plus TLS for ``https``); tests pass
+    one with a ``Clock`` as the reactor.
+    """
 
     def __init__(
         self,
@@ -441,6 +342,7 @@ class RelayClient(MultiService):
         home_url: str | None = None,
         on_gone: OnGone | None = None,
         config: RelayClientConfig = RelayClientConfig(),
+        endpoint_factory: Callable[[str], IStreamClientEndpoint] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -450,6 +352,7 @@ class RelayClient(MultiService):
         self.config = config
         self.home_url = canonical_relay_url(home_url) if home_url else None
         self.links: dict[str, RelayLink] = {}
+        self._endpoint_factory = endpoint_factory
         self._sweep: IDelayedCall | None = None
 
     def link(self, url: str) -> RelayLink:
@@ -457,15 +360,26 @@ class RelayClient(MultiService):
         key = canonical_relay_url(url)
         link = self.links.get(key)
         if link is None:
+            endpoint = self._endpoint_factory(key) if self._endpoint_factory is not None else None
             link = RelayLink(
-                self.reactor, key, self.private_key, self._received, on_gone=self.on_gone, config=self.config
+                self.reactor,
+                key,
+                self.private_key,
+                self._received,
+                on_gone=self.on_gone,
+                config=self.config,
+                endpoint=endpoint,
             )
             self.links[key] = link
             link.setServiceParent(self)  # starts it when we are running
         return link
 
     def set_home(self, url: str | None) -> None:
+        """Make *url* the home relay (connected while we run); the old home link idles out from now on."""
+        old = self.links.get(self.home_url) if self.home_url is not None else None
         self.home_url = canonical_relay_url(url) if url else None
+        if old is not None and old.url != self.home_url:
+            old.touch()
         if self.home_url is not None and self.running:
             self.link(self.home_url)
 

@@ -1,4 +1,4 @@
-"""RelayPool with a Clock, a scripted endpoint and an in-memory autobahn server (no sockets)."""
+"""NostrPool with a Clock, a scripted endpoint and an in-memory autobahn server (no sockets)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from twisted.test.iosim import FakeTransport, IOPump, connect
 from meshd.discovery.discover import discover
 from meshd.discovery.keys import NostrKeys
 from meshd.discovery.listing import MeshListing, build_listing_event
-from meshd.discovery.relay import RelayPool, validate_relay_url
+from meshd.discovery.nostr_pool import NostrPool, validate_relay_url
 
 POLICY = backoffPolicy(jitter=lambda: 0)
 URL_A = "ws://relay-a.test:7000"
@@ -90,7 +90,7 @@ def logged_errors() -> Any:
     globalLogPublisher.removeObserver(observer)
 
 
-def make_pool(clock: Clock, urls: list[str], **kw: Any) -> tuple[RelayPool, dict[str, ScriptedEndpoint]]:
+def make_pool(clock: Clock, urls: list[str], **kw: Any) -> tuple[NostrPool, dict[str, ScriptedEndpoint]]:
     endpoints = {u: ScriptedEndpoint(clock) for u in urls}
     options: dict[str, Any] = {
         "retry_policy": POLICY,
@@ -100,10 +100,10 @@ def make_pool(clock: Clock, urls: list[str], **kw: Any) -> tuple[RelayPool, dict
         "stable_after": 10.0,
     }
     options.update(kw)
-    return RelayPool(clock, urls, **options), endpoints
+    return NostrPool(clock, urls, **options), endpoints
 
 
-def state(pool: RelayPool, url: str) -> dict[str, Any]:
+def state(pool: NostrPool, url: str) -> dict[str, Any]:
     return next(s for s in pool.status() if s["url"] == url)
 
 
@@ -114,7 +114,7 @@ def test_url_validation() -> None:
         with pytest.raises(ValueError):
             validate_relay_url(bad)
     with pytest.raises(ValueError):
-        RelayPool(Clock(), ["https://nope"])
+        NostrPool(Clock(), ["https://nope"])
 
 
 def test_backoff_and_status_while_refused(logged_errors: list[Any]) -> None:

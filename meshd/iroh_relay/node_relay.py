@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
+from meshd.iroh_relay.client import RelayClient, RelayClientConfig, canonical_relay_url
+from meshd.iroh_relay.home import choose_home_relay
+from meshd.iroh_relay.paths import RelayPaths, is_relay_address
 from meshd.quic import MeshConnection, QuicEndpoint
-from meshd.relay.client import RelayClient, RelayClientConfig, canonical_relay_url
-from meshd.relay.home import choose_home_relay
-from meshd.relay.paths import RelayPaths, is_relay_address
 
 __all__ = ["NodeRelay"]
 
@@ -36,6 +36,7 @@ class NodeRelay:
         *,
         config: RelayClientConfig = RelayClientConfig(),
         probe_timeout: float = 3.0,
+        on_home_changed: Callable[[str | None], object] | None = None,
     ) -> None:
         if not urls:
             raise ValueError("NodeRelay needs at least one relay URL")
@@ -44,7 +45,7 @@ class NodeRelay:
         self.paths = RelayPaths()
         self.client = RelayClient(reactor, private_key, self.paths.datagram_from_relay, config=config)
         self.probe_timeout = probe_timeout
-        self.on_home_changed: Callable[[str | None], object] | None = None
+        self.on_home_changed = on_home_changed
         self._probe: Deferred[Any] | None = None
 
     @property
@@ -89,10 +90,7 @@ class NodeRelay:
         self._probe = None
         if url is None or url == self.client.home_url:
             return
-        old = self.client.home_url
-        self.client.set_home(url)
-        if old is not None and old in self.client.links:
-            self.client.links[old].last_used = self.reactor.seconds()  # idles out like any peer relay
+        self.client.set_home(url)  # the old home idles out like any peer relay
         if self.on_home_changed is not None:
             self.on_home_changed(url)
         self._watch_home()

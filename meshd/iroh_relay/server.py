@@ -37,7 +37,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from meshd.relay import frames as f
+from meshd.iroh_relay import frames as f
 
 __all__ = ["RelayServer", "RelayServerConfig", "RelayServerService"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from meshd.relay.client import RelayClient, canonical_relay_url
+from meshd.iroh_relay.client import RelayClient, canonical_relay_url
 
 if TYPE_CHECKING:
     from meshd.quic.endpoint import QuicEndpoint
@@ -43,11 +43,11 @@ class RelayPaths:
         self.client: RelayClient | None = None
 
     def attach(self, endpoint: QuicEndpoint, client: RelayClient) -> None:
-        """Route *endpoint*'s pseudo-address sends to *client*, and *client*'s datagrams into *endpoint*."""
+        """Route *endpoint*'s pseudo-address sends to *client*; datagrams into *endpoint* arrive through
+        :meth:`datagram_from_relay`, which is the client's ``on_datagram`` (given when it is built)."""
         self.endpoint = endpoint
         self.client = client
         endpoint.pseudo_paths = self
-        client.on_datagram = self.datagram_from_relay
 
     def address_for(self, url: str, endpoint_id: bytes) -> Address:
         key = (canonical_relay_url(url), bytes(endpoint_id))

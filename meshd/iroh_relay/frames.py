@@ -12,10 +12,9 @@ import enum
 from typing import Union
 
 import attrs
+import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
-
-from meshd.relay import blake3
 
 __all__ = [
     "CHALLENGE_SIGNATURE_CONTEXT",
@@ -403,8 +402,8 @@ def split_segments(segment_size: int, data: bytes) -> list[bytes]:
 
 
 def challenge_message(challenge: bytes) -> bytes:
-    """What a client signs: ``blake3.derive_key(CHALLENGE_SIGNATURE_CONTEXT, challenge)``."""
-    return blake3.derive_key(CHALLENGE_SIGNATURE_CONTEXT, challenge)
+    """What a client signs: BLAKE3 ``derive_key(CHALLENGE_SIGNATURE_CONTEXT, challenge)``, 32 bytes."""
+    return blake3.blake3(challenge, derive_key_context=CHALLENGE_SIGNATURE_CONTEXT).digest()
 
 
 def make_client_auth(private_key: ed25519.Ed25519PrivateKey, challenge: bytes) -> ClientAuth:

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
-from meshd.relay.client import canonical_relay_url
+from meshd.iroh_relay.client import canonical_relay_url
 from meshd.webclient import read_limited
 
 __all__ = ["DEFAULT_RELAYS", "choose_home_relay", "ping_url", "probe_relay"]
