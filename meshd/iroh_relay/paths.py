@@ -47,7 +47,7 @@ class RelayPaths:
         :meth:`datagram_from_relay`, which is the client's ``on_datagram`` (given when it is built)."""
         self.endpoint = endpoint
         self.client = client
-        endpoint.pseudo_paths = self
+        endpoint.use_pseudo_paths(self)
 
     def address_for(self, url: str, endpoint_id: bytes) -> Address:
         key = (canonical_relay_url(url), bytes(endpoint_id))

@@ -84,8 +84,8 @@ def test_circles_finds_what_it_should() -> None:
 
 def test_the_graph_sees_type_checking_and_function_level_imports() -> None:
     edges = import_graph("meshd")
-    # relay/paths.py imports QuicEndpoint under TYPE_CHECKING; cli.py imports its commands inside functions.
-    assert "meshd.quic.endpoint" in edges["meshd.relay.paths"]
+    # iroh_relay/paths.py imports QuicEndpoint under TYPE_CHECKING; cli.py imports its commands inside functions.
+    assert "meshd.quic.endpoint" in edges["meshd.iroh_relay.paths"]
     assert "meshd.commands.demo" in edges["meshd.cli"]
 
 

@@ -285,7 +285,7 @@ def test_upstream_error_bodies_are_reshaped_not_raised() -> None:
 
 def test_relay_link_keeps_its_connection_after_a_nested_message() -> None:
     """A nested relay message used to escape ``message_received`` and drop the relay's connection."""
-    from tests.unit.test_discovery_relay import URL_A, make_pool, state
+    from tests.unit.test_discovery_nostr_pool import URL_A, make_pool, state
 
     clock = Clock()
     pool, eps = make_pool(clock, [URL_A])
