@@ -189,8 +189,7 @@ class Discovery(Service):
             if decision.start_new:
                 return False
             if self.node.mesh_name is None:
-                best = decision.join[0][1].listing.name
-                self.node.mesh_name = best
+                self.node.set_mesh_name(decision.join[0][1].listing.name)
             joined = await self.node.join_any([token for token, _ in decision.join])
             return joined is not None
 

@@ -427,12 +427,12 @@ class MeshProxy:
         if model:
             request.setHeader(b"x-mesh-model", model.encode("utf-8", "replace")[:512])
         hosts = route_order(hosts, self.node.connected_ids() | {own}, self.node.suspect_ids())
-        self.node.inflight_requests += 1
+        self.node.mesh.request_started()
         self.node.notify_changed()
         try:
             return await self._try_hosts(job, hosts, model)
         finally:
-            self.node.inflight_requests -= 1
+            self.node.mesh.request_finished()
             self.node.notify_changed()
 
     def _refuse(

@@ -21,6 +21,7 @@ from meshd.config import Config, Role
 from meshd.host import BackendWatch
 from meshd.identity import Identity
 from meshd.node import Node, NodeState
+from meshd.protocol.streams import StreamType
 from meshd.protocol.token import EndpointAddr, decode_token, encode_token
 from meshd.relay.client import canonical_relay_url
 from meshd.status import StatusView
@@ -60,8 +61,9 @@ async def host_and_client_over(
     things.append(port)
     backend = f"http://127.0.0.1:{port.getHost().port}"
     host = relay_node(tmp_path / "h", Role.HOST, url, serve=backend)
-    host.api_port = 9337
+    host.ports_bound(9337, None)
     watch = BackendWatch(reactor, host, Backend(reactor, backend))
+    host.streams.register(StreamType.TUNNEL_HTTP, watch.tunnel_for)
     host.startService()
     watch.startService()
     things.extend([host, watch])

@@ -20,7 +20,7 @@ from meshd.web.console import ConsoleApp
 def make_node(**kw: Any) -> Node:
     cfg = Config(role=kw.pop("role", Role.CLIENT), **kw)
     node = Node(cfg, Identity.generate(), Clock())
-    node.api_port, node.console_port = 19337, 13131
+    node.ports_bound(19337, 13131)
     return node
 
 
