@@ -21,6 +21,7 @@ from meshd.node import (
     REJOIN_INTERVAL,
     SAVE_LAST_MESH_DELAY,
     SILENT_PEER_SECS,
+    JoinError,
     Node,
     NodeState,
 )
@@ -34,12 +35,14 @@ from meshd.protocol.peers import (
     build_self_announcement,
     direct_entry,
 )
+from meshd.protocol.requirements import MeshRequirementState, SignedBootstrapToken
 from meshd.protocol.streams import StreamType
 from meshd.protocol.token import EndpointAddr, encode_token
 from meshd.quic import StreamReset
 from meshd.quic.testing import RecordingReceiver
 
 from .node_world import RawPeer, World
+from .test_protocol_requirements import make_owner, signed_policy
 
 
 @pytest.fixture
@@ -102,6 +105,38 @@ def test_a_token_nobody_answers_leaves_the_node_standalone_and_retrying(world: W
     # ... and keeps trying every 10 s while alone (each try shows as joining)
     assert seen[-1][1] is NodeState.JOINING
     assert client.mesh.peers == {} and client.connected_ids() == set()
+
+
+def test_a_signed_token_leads_into_a_gated_mesh_whose_members_check_each_other(world: World) -> None:
+    host = world.node(Role.HOST, models=("tiny",))
+    owner = make_owner()
+    here = EndpointAddr(id_of(host), ip_addrs=[world.address_of(host)])
+    signed = SignedBootstrapToken.sign(
+        [here.to_json().encode()], signed_policy(owner), owner, expires_at_unix_ms=host.now_ms() + 3_600_000
+    )
+    host.admission.enter_gated_mesh(MeshRequirementState.from_token(signed))  # the mesh's first member
+    assert host.mesh_id == signed.mesh_id
+    client = world.node(Role.CLIENT, [signed.encode()])
+    world.run_until(lambda: client.state is NodeState.JOINED, 5)
+    # the client took the mesh's rules from the token; each side checked the other's admission proof
+    requirements = client.admission.requirements
+    assert requirements is not None and requirements.mesh_id == signed.mesh_id == client.mesh_id
+    assert host.mesh.is_admitted(id_of(client)) and client.mesh.hosts_for_model("tiny") == [id_of(host)]
+    assert client.admission.rejections == [] and host.admission.rejections == []
+    # a node given a plain token to the same host sends no proof: no reply, not admitted
+    outsider = world.node(Role.CLIENT, [host.token or ""])
+    world.run(5)
+    assert outsider.state is not NodeState.JOINED and id_of(outsider) not in host.mesh.peers
+    (refused,) = host.admission.rejections
+    assert refused["source"] == "gossip" and refused["peer_id"] == outsider.identity.endpoint_id
+    # and a token into another gated mesh is refused by a node already in one
+    other = make_owner()
+    elsewhere = SignedBootstrapToken.sign(
+        [here.to_json().encode()], signed_policy(other), other, expires_at_unix_ms=host.now_ms() + 3_600_000
+    )
+    failure = world.result(client.join(elsewhere.encode()))
+    assert isinstance(failure, Failure) and failure.check(JoinError)
+    assert client.mesh_id == signed.mesh_id
 
 
 def test_a_peer_mentioned_by_another_is_known_not_admitted_until_its_own_gossip(world: World) -> None:
