@@ -144,6 +144,14 @@ class MeshState:
 
     # -- this node -----------------------------------------------------------------------------
 
+    def set_mesh_id(self, mesh_id: str) -> bool:
+        """Our mesh's id from now on (one we start, or a gated mesh's from its signed token); True if it changed."""
+        if mesh_id == self.mesh_id:
+            return False
+        self.mesh_id = mesh_id
+        self.version += 1
+        return True
+
     def set_local_models(self, models: Iterable[str], now: float) -> None:
         """Host role: the models our own backend serves now (remembered as seen served, like a peer's)."""
         models = tuple(models)

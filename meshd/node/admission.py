@@ -58,8 +58,7 @@ class Admission:
             self.reject("join", e.code, str(e))
             raise JoinError(f"cannot join this gated mesh: {e}") from None
         self._requirements = state
-        if self._mesh.mesh_id != state.mesh_id:
-            self._mesh.mesh_id = state.mesh_id
+        if self._mesh.set_mesh_id(state.mesh_id):
             self._lifetime.changed()
 
     def sign_own_entry(self, ann: node_pb2.PeerAnnouncement) -> None:

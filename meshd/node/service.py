@@ -146,7 +146,7 @@ class Node(Service):
         self.started_at = self.now()
         if not self.is_client and not self.joiner.tokens and not self.config.auto and self.mesh.mesh_id is None:
             publisher = self._nostr_pubkey_hex if self.config.publish else None
-            self.mesh.mesh_id = self.files.originate_mesh_id(self.config.mesh_name, publisher)
+            self.mesh.set_mesh_id(self.files.originate_mesh_id(self.config.mesh_name, publisher))
         self._log.info(
             "node {node_id} starting as {role} ({state}); QUIC on {bind}, token {token}",
             event="node_start",

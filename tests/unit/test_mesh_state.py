@@ -346,6 +346,14 @@ def test_redial_target_and_alone() -> None:
     assert st.alone()
 
 
+def test_set_mesh_id_says_whether_it_changed() -> None:
+    st = MeshState(ME, Role.HOST)
+    version = st.version
+    assert st.set_mesh_id("a" * 32) and st.mesh_id == "a" * 32 and st.version == version + 1
+    assert not st.set_mesh_id("a" * 32) and st.version == version + 1
+    assert st.set_mesh_id("b" * 32) and st.mesh_id == "b" * 32
+
+
 def test_local_models_are_known_models_and_requests_are_counted() -> None:
     st = MeshState(ME, Role.HOST)
     version = st.version
