@@ -77,7 +77,7 @@ class Discovery(Service):
     def enabled(self) -> bool:
         return self.pool is not None or self._make_pool is not None
 
-    def relay_status(self) -> list[dict[str, Any]]:
+    def nostr_status(self) -> list[dict[str, Any]]:
         """Per Nostr relay: ``url``, ``state``, ``last_error``, ``since``, ``attempts`` (empty while no
         pool is open)."""
         return self.pool.status() if self.pool is not None else []
@@ -189,8 +189,7 @@ class Discovery(Service):
             if decision.start_new:
                 return False
             if self.node.mesh_name is None:
-                best = decision.join[0][1].listing.name
-                self.node.mesh_name = best
+                self.node.set_mesh_name(decision.join[0][1].listing.name)
             joined = await self.node.join_any([token for token, _ in decision.join])
             return joined is not None
 

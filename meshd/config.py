@@ -87,7 +87,7 @@ class Config:
     #: ``--console-token``: lets non-loopback callers use the console's admin routes (``POST /api/join``, and
     #: ``POST /api/chat`` with API keys on); a secret, so kept out of the repr like the keys.
     console_token: str | None = attrs.field(default=None, repr=False)
-    #: iroh relays (meshd.relay); empty = no relay path. The CLI defaults to mesh-llm's (MESH_PROTOCOL.md §4.4).
+    #: iroh relays (meshd.iroh_relay); empty = no relay path. The CLI defaults to mesh-llm's (MESH_PROTOCOL.md §4.4).
     relay_urls: tuple[str, ...] = ()
     #: ``--relay-auth URL=TOKEN``: (canonical relay URL, bearer token) pairs.
     relay_auth: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)

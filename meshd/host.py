@@ -186,7 +186,6 @@ class BackendWatch(Service):
         self._inflight_poll: Deferred[Any] | None = None
         #: What this host answers itself on inbound tunnels (0.76 host ingress).
         self.ingress = HostIngress(self.local_models, node.mesh)
-        node.tunnel_handler = self.tunnel_for
 
     @property
     def polled(self) -> bool:
@@ -194,6 +193,8 @@ class BackendWatch(Service):
         return self._known is not None
 
     def tunnel_for(self, conn: MeshConnection | None, stream: QuicStream) -> HostTunnel:
+        """Serve a TUNNEL_HTTP stream (registered in the node's stream table where the daemon is wired,
+        ``meshd.tap.build_service``; no ``conn``: our own API through an in-memory pipe)."""
         peer = conn.remote_id.hex()[:10] if conn is not None and conn.remote_id else "local"
         return HostTunnel(stream, self.backend, peer=peer, ingress=self.ingress)
 

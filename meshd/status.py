@@ -208,14 +208,14 @@ class StatusView:
     def _peer_row(self, pid: bytes, entry: PeerEntry, now: float) -> dict[str, Any]:
         node = self.node
         info = entry.info
-        conn = node.conns.get(pid)
+        conn = node.connections.table.get(pid)
         connected = conn is not None and conn.is_connected
         rtt: float | None = None
         path: str | None = None
         relay_url: str | None = None
         if conn is not None and connected:
             rtt = round(conn.stats().rtt_smoothed * 1000, 2)
-            path, relay_url = node.relay.path_of(conn) if node.relay is not None else ("direct", None)
+            path, relay_url = node.connections.path_of(conn)
         row: dict[str, Any] = {
             "id": info.addr.short_id,
             "owner": _owner(info),
@@ -263,9 +263,10 @@ class StatusView:
         """Our invite token; on a gated mesh the signed token we joined with while it is valid, else ""
         (a plain token does not lead into a gated mesh)."""
         node = self.node
-        if node.requirements is None:
+        requirements = node.admission.requirements
+        if requirements is None:
             return node.token or ""
-        signed = node.requirements.token
+        signed = requirements.token
         if signed is None:
             return ""
         try:
@@ -285,7 +286,7 @@ class StatusView:
     def runtime(self, state: str) -> dict[str, Any]:
         node = self.node
         if node.is_client:
-            return {"is_processing": node.inflight_requests > 0, "models": []}
+            return {"is_processing": node.mesh.inflight_requests > 0, "models": []}
         local = self.local_models()
         out: dict[str, Any] = {
             "backend": RUNTIME_BACKEND,
@@ -348,7 +349,7 @@ class StatusView:
             "local_instances": [],
             "launch_pi": None,
             "launch_goose": None,
-            "inflight_requests": node.inflight_requests,
+            "inflight_requests": node.mesh.inflight_requests,
             "mesh_discovery_mode": "nostr",
             "discovery_scope": "public",
             "discovery_source": "nostr-relay",
@@ -364,10 +365,12 @@ class StatusView:
             payload["mesh_id"] = node.mesh_id
         if node.mesh_name is not None:
             payload["mesh_name"] = node.mesh_name
-        if node.requirements is not None:
-            payload["mesh_requirements"] = requirements_summary(node.requirements)
-        if node.rejections:
-            payload["recent_mesh_rejections"] = list(node.rejections)
+        requirements = node.admission.requirements
+        if requirements is not None:
+            payload["mesh_requirements"] = requirements_summary(requirements)
+        rejections = node.admission.rejections
+        if rejections:
+            payload["recent_mesh_rejections"] = rejections
         payload["meshd"] = self.extras()
         return payload
 
@@ -383,8 +386,8 @@ class StatusView:
             "uptime_secs": round(node.uptime, 3),
             "console_port": node.console_port,
             "headless": node.config.headless,
-            "nostr_discovery": self.discovery.relay_status() if self.discovery is not None else [],
-            "iroh_relay": node.relay.status() if node.relay is not None else None,
+            "nostr_discovery": self.discovery.nostr_status() if self.discovery is not None else [],
+            "iroh_relay": node.iroh_relay.status() if node.iroh_relay is not None else None,
             "mesh_models": self.mesh_models(),
         }
         if self.gate is not None:

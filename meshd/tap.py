@@ -63,6 +63,7 @@ from meshd.logs import LEVELS as LOG_LEVELS  # noqa: E402
 from meshd.logs import set_level as set_log_level  # noqa: E402
 from meshd.node import Node  # noqa: E402
 from meshd.protocol.errors import InvalidToken  # noqa: E402
+from meshd.protocol.streams import StreamType  # noqa: E402
 from meshd.protocol.token import decode_token  # noqa: E402
 from meshd.shared.scripts import PREFIX_RE as REDIS_PREFIX  # noqa: E402
 from meshd.shared.scripts import BadRedisURL  # noqa: E402
@@ -534,8 +535,7 @@ class MeshdService(MultiService):
             raise SystemExit(
                 f"meshd: cannot listen on {e.interface}:{e.port} (the {what}): {e.socketError}{hint}"
             ) from None
-        self.node.api_port = self.api.bound_port
-        self.node.console_port = self.console.bound_port if self.console is not None else None
+        self.node.ports_bound(self.api.bound_port, self.console.bound_port if self.console is not None else None)
 
     def startService(self) -> None:
         super().startService()
@@ -582,6 +582,7 @@ def build_service(config: Config, reactor: Any) -> Any:
         assert config.serve_url is not None
         backend = Backend(reactor, config.serve_url, config.backend_max_inflight, config.backend_queue_timeout)
         watch = BackendWatch(reactor, node, backend, config.models)
+        node.streams.register(StreamType.TUNNEL_HTTP, watch.tunnel_for)  # TUNNEL_HTTP streams go to the backend
         extra.append(("backend", watch))
     # Nostr only where the role needs it: always connected for --auto and --publish, on demand (the
     # console's discover panel) otherwise, never with --no-nostr.

@@ -7,12 +7,14 @@ the ordered hosts for a model). Rules and numbers: MESH_PROTOCOL.md §5.5, §5.7
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import attrs
 
 from meshd.protocol.peers import EXCLUDED_DEMAND_MODELS, DemandEntry, PeerInfo, Role
+from meshd.protocol.token import EndpointAddr
 from meshd.protocol.version import passes_version_floor
 
 #: A peer not heard from (directly or through gossip) for this long is not relayed in gossip.
@@ -42,6 +44,8 @@ DIAL_BACKOFF_BASE_SECS = 5.0
 DIAL_BACKOFF_MAX_SECS = 300.0
 #: A connection closed because the peer went silent makes it a last resort for this long.
 SILENT_SUSPECT_SECS = 60.0
+#: Peers gossiped with in one heartbeat round, at most (a random sample of them when there are more).
+HEARTBEAT_FANOUT = 5
 
 _U64 = (1 << 64) - 1
 
@@ -118,6 +122,11 @@ def sticky_order(hosts: list[bytes], session: str | None) -> list[bytes]:
     return hosts[k:] + hosts[:k]
 
 
+def reachable(addr: EndpointAddr, relays: bool) -> bool:
+    """Can ``addr`` be dialled: it has a direct IP address, or a relay URL while this node uses relays."""
+    return bool(addr.dialable_ip_addrs()) or (relays and bool(addr.relay_urls))
+
+
 class MeshState:
     def __init__(self, own_id: bytes, role: Role, mesh_id: str | None = None) -> None:
         self.own_id = own_id
@@ -128,6 +137,38 @@ class MeshState:
         self.demand: dict[str, DemandEntry] = {}
         self.known_models: OrderedDict[str, float] = OrderedDict()
         self.version = 0  # bumped on every visible change (drives /api/events)
+        #: Host role: the models our own backend serves right now.
+        self.local_models: tuple[str, ...] = ()
+        #: Requests of our own API under way through the mesh (or our own backend).
+        self.inflight_requests = 0
+
+    # -- this node -----------------------------------------------------------------------------
+
+    def set_mesh_id(self, mesh_id: str) -> bool:
+        """Our mesh's id from now on (one we start, or a gated mesh's from its signed token); True if it changed."""
+        if mesh_id == self.mesh_id:
+            return False
+        self.mesh_id = mesh_id
+        self.version += 1
+        return True
+
+    def set_local_models(self, models: Iterable[str], now: float) -> None:
+        """Host role: the models our own backend serves now (remembered as seen served, like a peer's)."""
+        models = tuple(models)
+        if models != self.local_models:
+            self.local_models = models
+            self.version += 1
+        self.note_models(models, now)
+
+    def request_started(self) -> None:
+        self.inflight_requests += 1
+
+    def request_finished(self) -> None:
+        self.inflight_requests = max(0, self.inflight_requests - 1)
+
+    def alone(self) -> bool:
+        """No peer left in the table: a joined node is on its own again."""
+        return not self.peers
 
     # -- gossip --------------------------------------------------------------------------------
 
@@ -277,6 +318,40 @@ class MeshState:
 
     def recently_dead(self, peer_id: bytes, now: float) -> bool:
         return self._is_dead(peer_id, now)
+
+    def _talks_to(self, entry: PeerEntry) -> bool:
+        """Do we dial this peer ourselves? Clients never dial clients (they have nothing to say to each other)."""
+        return not (self.role is Role.CLIENT and entry.info.role is Role.CLIENT)
+
+    def heartbeat_targets(
+        self, linked: Collection[bytes], *, relays: bool, rng: random.Random, fanout: int = HEARTBEAT_FANOUT
+    ) -> list[bytes]:
+        """Peers to gossip with in one heartbeat round: every peer we have a connection to (``linked``), and
+        every other peer we would dial and can reach; ``fanout`` of them chosen by ``rng`` when there are more."""
+        candidates = [
+            e
+            for e in self.peers.values()
+            if e.endpoint_id in linked or (self._talks_to(e) and reachable(e.info.addr, relays))
+        ]
+        if len(candidates) > fanout:
+            candidates = rng.sample(candidates, fanout)
+        return [e.endpoint_id for e in candidates]
+
+    def dial_candidates(self, now: float, *, skip: Collection[bytes], dials: DialBook, relays: bool) -> list[PeerEntry]:
+        """Peers learned from gossip to dial now, in table order: not in ``skip`` (connected, or a dial under
+        way), past their backoff in ``dials``, ones we talk to, and reachable. The caller bounds how many it starts."""
+        return [
+            e
+            for pid, e in self.peers.items()
+            if pid not in skip and dials.may_dial(pid, now) and self._talks_to(e) and reachable(e.info.addr, relays)
+        ]
+
+    def redial_target(self, peer_id: bytes) -> EndpointAddr | None:
+        """Where to dial a known peer whose connection closed (None: forget it, or a client's fellow client)."""
+        entry = self.peers.get(peer_id)
+        if entry is None or not self._talks_to(entry):
+            return None
+        return entry.info.addr
 
     def prune(self, now: float) -> list[bytes]:
         """Drop peers heard from neither directly nor through gossip within PRUNE_SECS."""

@@ -167,7 +167,7 @@ class QuicEndpoint(DatagramProtocol):
         self._port: IListeningPort | None = None
         self._dial_timers: set[IDelayedCall] = set()
         self.dropped_datagrams = 0
-        #: Relay paths (meshd.relay.paths): pseudo-addresses routed to a non-UDP path (:meth:`use_pseudo_paths`).
+        #: Relay paths (meshd.iroh_relay.paths): pseudo-addresses routed to a non-UDP path (:meth:`use_pseudo_paths`).
         self.pseudo_paths: PseudoPaths | None = None
 
     # Public API

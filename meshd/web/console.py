@@ -252,7 +252,7 @@ class ConsoleApp:
             return json_body(
                 request,
                 503,
-                {"error": f"no Nostr relay answered: {e}", "relays": self.discovery.relay_status()},
+                {"error": f"no Nostr relay answered: {e}", "relays": self.discovery.nostr_status()},
             )
         body = discover_api(meshes, request.args, self.discovery.last_mesh_id())
         return json_body(request, 200, body)

@@ -209,7 +209,7 @@ class MeshProxy:
             # A translated answer needs the body decoded; a relayed one keeps the host's chunks as they are.
             raw_chunked=request.clientproto == b"HTTP/1.1" and job.translate is None,
         )
-        node.inflight_requests += 1
+        node.mesh.request_started()
         node.notify_changed()
         try:
             result = await self.tunnels.send(outbound, list(decision.hosts), job.id)
@@ -217,7 +217,7 @@ class MeshProxy:
                 return self._refuse(job, _exhausted(result, model, self.tunnels.busy_wait))
             return await self._relay(job, result)
         finally:
-            node.inflight_requests -= 1
+            node.mesh.request_finished()
             node.notify_changed()
 
     def _refuse(self, job: _Job, refusal: Refusal) -> bytes:

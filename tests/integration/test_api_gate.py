@@ -27,6 +27,7 @@ from meshd.config import Config, Role
 from meshd.host import BackendWatch
 from meshd.identity import Identity
 from meshd.node import Node, NodeState
+from meshd.protocol.streams import StreamType
 from meshd.status import StatusView
 from meshd.tunnel import Backend
 from meshd.web.api import APIApp
@@ -118,8 +119,9 @@ async def start_host(tmp: Path, cleanup: list[Any], llm: FakeLLM) -> Node:
     url = f"http://127.0.0.1:{port.getHost().port}"
     cfg = Config(role=Role.HOST, serve_url=url, bind_address="127.0.0.1", state_dir=tmp, api_port=0)
     host = Node(cfg, Identity.generate(), reactor)
-    host.api_port = 9337
+    host.ports_bound(9337, None)
     watch = BackendWatch(reactor, host, Backend(reactor, url, 64))
+    host.streams.register(StreamType.TUNNEL_HTTP, watch.tunnel_for)
     host.startService()
     watch.startService()
     cleanup.extend([host, watch])

@@ -92,7 +92,7 @@ async def test_a_frame_of_3000_fake_peers_neither_poisons_routing_nor_starts_a_d
 
     # bounded: hearsay kept, and dials of hearsay under way at once
     assert mesh_host.mesh.unadmitted_count() <= min(MAX_ENTRIES_PER_FRAME, MAX_UNADMITTED_PEERS)
-    assert len(mesh_host._dialing) <= MAX_CONCURRENT_DIALS
+    assert mesh_host.connections.dials_under_way <= MAX_CONCURRENT_DIALS
     # never routed to: no fake host is admitted
     assert all(pid not in mesh_host.mesh.routable_models().get("tiny", []) for pid in (f.endpoint_id for f in fakes))
     # and not passed on: the client, gossiping with the host, learns none of them

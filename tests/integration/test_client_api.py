@@ -21,6 +21,7 @@ from meshd.config import Config, Role
 from meshd.host import BackendWatch
 from meshd.identity import Identity
 from meshd.node import Node, NodeState
+from meshd.protocol.streams import StreamType
 from meshd.tunnel import Backend
 from meshd.web.api import APIApp
 
@@ -147,8 +148,9 @@ async def start_host(tmp: Path, cleanup: list[Any], name: str) -> tuple[Node, Fa
     cleanup.append(port)
     url = f"http://127.0.0.1:{port.getHost().port}"
     host = node(tmp, Role.HOST, serve=url)
-    host.api_port = 9337
+    host.ports_bound(9337, None)
     watch = BackendWatch(reactor, host, Backend(reactor, url))
+    host.streams.register(StreamType.TUNNEL_HTTP, watch.tunnel_for)
     host.startService()
     watch.startService()
     cleanup.extend([host, watch])
@@ -225,7 +227,7 @@ async def test_failover_to_the_next_host_before_any_byte(tmp_path: Path, cleanup
     first = client.mesh.hosts_for_model("tiny")[0]
     bad = host_a if first == host_a.identity.public_bytes else host_b
     good_llm = llm_b if bad is host_a else llm_a
-    bad.tunnel_handler = drop
+    bad.streams.register(StreamType.TUNNEL_HTTP, drop)
     sdk = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
     reply = await aio(sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}]))
     assert reply.choices[0].message.content.endswith("B" if bad is host_a else "A")

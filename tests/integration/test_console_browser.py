@@ -198,8 +198,7 @@ async def start_mesh(
     console = ConsoleApp(client, discovery, api_credential=api.gate.console_credential)
     console_port = reactor.listenTCP(0, console.site(), interface="127.0.0.1")
     cleanup.extend([console_port, console])
-    client.api_port = api_port.getHost().port
-    client.console_port = console_port.getHost().port
+    client.ports_bound(api_port.getHost().port, console_port.getHost().port)
     await wait_for(lambda: client.state is NodeState.JOINED and len(client.mesh.hosts()) == 2)
     mesh.client = client
     mesh.console_url = f"http://127.0.0.1:{client.console_port}"
@@ -335,7 +334,7 @@ async def test_chat_streams_shows_the_host_and_stop_cancels(
 async def test_chat_proxy_reports_an_unreachable_api_port_as_502(tmp_path: Path, cleanup: list[Any]) -> None:
     client = node(tmp_path, Role.CLIENT)
     closed = reactor.listenTCP(0, APIApp(client, reactor).site(), interface="127.0.0.1")
-    client.api_port = closed.getHost().port
+    client.ports_bound(closed.getHost().port, None)
     await closed.stopListening()  # nothing listens there any more
     console = ConsoleApp(client)
     port = reactor.listenTCP(0, console.site(), interface="127.0.0.1")
@@ -390,7 +389,7 @@ LABELS_OUTSIDE = """() => {
 @pytest_twisted.ensureDeferred
 async def test_topology_labels_stay_inside_the_drawing(tmp_path: Path, cleanup: list[Any], browser: Browser) -> None:
     target = node(tmp_path, Role.HOST)
-    target.hosted_models = ("tiny",)
+    target.set_hosted_models(("tiny",))
     console = ConsoleApp(target)
     port = reactor.listenTCP(0, console.site(), interface="127.0.0.1")
     cleanup.extend([port, console])

@@ -23,6 +23,7 @@ from meshd.config import Config, Role
 from meshd.host import BackendWatch
 from meshd.identity import Identity
 from meshd.node import Node, NodeState
+from meshd.protocol.streams import StreamType
 from meshd.tunnel import Backend
 from meshd.web.api import APIApp
 from meshd.web.console import ConsoleApp
@@ -110,6 +111,7 @@ async def start_pair(tmp: Path, cleanup: list[Any], backend_url: str, **client_c
     host_cfg = Config(role=Role.HOST, serve_url=backend_url, bind_address="127.0.0.1", state_dir=tmp / "h", api_port=0)
     host = Node(host_cfg, Identity.generate(), reactor)
     watch = BackendWatch(reactor, host, Backend(reactor, backend_url))
+    host.streams.register(StreamType.TUNNEL_HTTP, watch.tunnel_for)
     host.startService()
     watch.startService()
     cleanup.extend([host, watch])
@@ -128,11 +130,10 @@ async def start_pair(tmp: Path, cleanup: list[Any], backend_url: str, **client_c
     api = APIApp(client, reactor)
     api_port = reactor.listenTCP(0, api.site(), interface="127.0.0.1")
     cleanup.append(api_port)
-    client.api_port = api_port.getHost().port
     console = ConsoleApp(client, api_credential=api.gate.console_credential)
     console_port = reactor.listenTCP(0, console.site(), interface="127.0.0.1")
     cleanup.extend([console_port, console])
-    client.console_port = console_port.getHost().port
+    client.ports_bound(api_port.getHost().port, console_port.getHost().port)
     await wait_for(lambda: client.state is NodeState.JOINED and bool(client.mesh.routable_models()), within=20)
     return Pair(host, watch, client, client.api_port, client.console_port, console, api)
 

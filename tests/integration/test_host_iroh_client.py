@@ -24,6 +24,7 @@ from meshd.node import Node
 from meshd.protocol import node_pb2
 from meshd.protocol.peers import Role as PeerRole
 from meshd.protocol.peers import build_gossip_frame, build_self_announcement, peer_info_from_announcement
+from meshd.protocol.streams import StreamType
 from meshd.protocol.token import EndpointAddr, decode_token
 from meshd.protocol.version import passes_version_floor
 from meshd.tunnel import Backend
@@ -115,8 +116,9 @@ def chat(stream: bool, content: str = "hello mesh", max_tokens: int = 8) -> byte
 async def mesh_host(tmp_path: Path, llama_backend: LlamaBackend) -> AsyncIterator[Node]:
     cfg = Config(role=Role.HOST, serve_url=llama_backend.url, bind_address="127.0.0.1", state_dir=tmp_path)
     host = Node(cfg, Identity.generate(), reactor)
-    host.api_port = 9337
+    host.ports_bound(9337, None)
     watch = BackendWatch(reactor, host, Backend(reactor, llama_backend.url))
+    host.streams.register(StreamType.TUNNEL_HTTP, watch.tunnel_for)
     host.startService()
     watch.startService()
     await wait_for(lambda: host.hosted_models == ("tiny",))

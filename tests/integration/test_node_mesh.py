@@ -104,8 +104,9 @@ async def start_host(tmp: Path, started: list[Any], tokens: tuple[str, ...] = ()
     started.append(port)
     url = f"http://127.0.0.1:{port.getHost().port}"
     host = make_node(tmp, Role.HOST, tokens, serve=url)
-    host.api_port = 9337
+    host.ports_bound(9337, None)
     watch = BackendWatch(reactor, host, Backend(reactor, url))
+    host.streams.register(StreamType.TUNNEL_HTTP, watch.tunnel_for)
     host.startService()
     started.append(host)
     watch.startService()

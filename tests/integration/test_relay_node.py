@@ -22,6 +22,7 @@ from meshd.host import BackendWatch
 from meshd.identity import Identity
 from meshd.iroh_relay.client import canonical_relay_url
 from meshd.node import Node, NodeState
+from meshd.protocol.streams import StreamType
 from meshd.protocol.token import EndpointAddr, decode_token, encode_token
 from meshd.status import StatusView
 from meshd.tunnel import Backend
@@ -60,14 +61,15 @@ async def host_and_client_over(
     things.append(port)
     backend = f"http://127.0.0.1:{port.getHost().port}"
     host = relay_node(tmp_path / "h", Role.HOST, url, serve=backend)
-    host.api_port = 9337
+    host.ports_bound(9337, None)
     watch = BackendWatch(reactor, host, Backend(reactor, backend))
+    host.streams.register(StreamType.TUNNEL_HTTP, watch.tunnel_for)
     host.startService()
     watch.startService()
     things.extend([host, watch])
     await wait_for(lambda: host.hosted_models == ("tiny",))
-    assert host.relay is not None
-    await host.relay.client.link(url).when_up()
+    assert host.iroh_relay is not None
+    await host.iroh_relay.client.link(url).when_up()
 
     addr = decode_token(host.token or "")
     assert addr.relay_urls == (canonical_relay_url(url),)  # our token carries the home relay
@@ -111,7 +113,7 @@ async def restart_relay_and_check_service(
     """A new relay on the same address: the host re-registers, the client re-joins, requests work again."""
     relay2 = start_relay(reactor, port=relay_port)
     things.append(relay2)
-    await wait_for(lambda: host.relay is not None and host.relay.client.link(url).state == "up", within=30)
+    await wait_for(lambda: host.iroh_relay is not None and host.iroh_relay.client.link(url).state == "up", within=30)
     await wait_for(lambda: host.identity.public_bytes in client.mesh.peers and client.state is NodeState.JOINED, 40)
     reply = await aio(sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}]))
     assert reply.choices[0].message.content == "w0 w1 w2 w3 w4 R"
@@ -200,4 +202,4 @@ async def test_a_token_names_the_home_relay_only_once_registered_there(
     reachable.startService()
     cleanup.append(reachable)
     await wait_for(lambda: decode_token(reachable.token or "").relay_urls == (canonical_relay_url(url),))
-    assert unreachable.relay is not None and unreachable.relay.advertised_url is None
+    assert unreachable.iroh_relay is not None and unreachable.iroh_relay.advertised_url is None

@@ -16,6 +16,7 @@ from meshd.config import Role
 from meshd.host import BackendWatch
 from meshd.identity import Identity
 from meshd.node import Node
+from meshd.protocol.streams import StreamType
 from meshd.protocol.token import EndpointAddr, encode_token
 from meshd.status import StatusView
 from meshd.tunnel import Backend, BackendStats
@@ -136,7 +137,7 @@ def test_chat_rejects_other_methods_with_405() -> None:
 
 def test_chat_without_an_api_port_is_503() -> None:
     node = make_node()
-    node.api_port = None
+    node.ports_bound(None, node.console_port)
     code, body = post(ConsoleApp(node), "/api/chat", b"{}")
     assert code == 503 and body == {"error": "LLM not ready"}
 
@@ -225,7 +226,7 @@ def test_events_stream_over_the_real_site() -> None:
         assert header in lines
     assert b'"node_id":"' + node.identity.short_id.encode() + b'"' in rest
     assert len(app.events.subscribers) == 1
-    node.mesh_name = "renamed"
+    node.set_mesh_name("renamed")
     node.notify_changed()
     clock.advance(1)
     assert b'"mesh_name":"renamed"' in transport.value()
@@ -343,7 +344,7 @@ def test_the_console_token_stands_in_for_browser_headers_but_not_for_a_cross_sit
 
 def test_chat_refuses_cross_site_posts_before_touching_the_api() -> None:
     node = make_node()
-    node.api_port = None  # a request that got through would answer 503
+    node.ports_bound(None, node.console_port)  # a request that got through would answer 503
     app = ConsoleApp(node)
     for headers in (
         {"Content-Type": "text/plain", "Origin": "http://evil.example"},
@@ -362,7 +363,7 @@ def test_chat_refuses_cross_site_posts_before_touching_the_api() -> None:
 def test_with_api_keys_the_chat_is_for_loopback_or_the_console_token() -> None:
     """The console passes the API's key check for its callers, so it must not open the API to everyone."""
     node = make_node(api_keys=("sk-real",), console_token="s3cret")
-    node.api_port = None
+    node.ports_bound(None, node.console_port)
     app = ConsoleApp(node)
     transport, _ = raw(app, join_request("x", path="/api/chat"), peer="10.1.2.3")
     assert status_line(transport) == b"HTTP/1.1 403 Forbidden"
@@ -376,12 +377,13 @@ def test_with_api_keys_the_chat_is_for_loopback_or_the_console_token() -> None:
 def host_status(node: Node) -> tuple[StatusView, BackendStats]:
     """What build_service gives a host's console: the status with its backend watch (no poll runs)."""
     watch = BackendWatch(node._reactor, node, Backend(node._reactor, "http://127.0.0.1:1"))
+    node.streams.register(StreamType.TUNNEL_HTTP, watch.tunnel_for)
     return StatusView(node, backend=watch), watch.backend.stats
 
 
 def test_a_host_reports_what_its_backend_served_for_the_mesh() -> None:
     node = make_node(role=Role.HOST, serve_url="http://127.0.0.1:1")
-    node.hosted_models = ("tiny", "idle")
+    node.set_hosted_models(("tiny", "idle"))
     status, stats = host_status(node)
     app = ConsoleApp(node, status=status)
     for _ in range(3):
@@ -401,7 +403,7 @@ def test_a_host_reports_what_its_backend_served_for_the_mesh() -> None:
 
 def test_a_served_request_updates_the_open_dashboards() -> None:
     node = make_node(role=Role.HOST, serve_url="http://127.0.0.1:1")
-    node.hosted_models = ("tiny",)
+    node.set_hosted_models(("tiny",))
     clock: Clock = node._reactor
     clock.advance(100)
     status, stats = host_status(node)

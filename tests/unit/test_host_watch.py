@@ -25,6 +25,7 @@ from meshd.host import (
 from meshd.identity import Identity
 from meshd.mesh.models import LocalModel
 from meshd.node import Node
+from meshd.protocol.streams import StreamType
 from meshd.status import StatusView
 from meshd.tunnel import Backend
 
@@ -150,6 +151,7 @@ def watched(answers: dict[bytes, Any]) -> tuple[Node, BackendWatch, Canned]:
     node = Node(Config(role=Role.HOST, serve_url="http://127.0.0.1:1"), Identity.generate(), clock)
     backend = Canned(answers)
     watch = BackendWatch(clock, node, Backend(clock, "http://127.0.0.1:1"), http=StubTreq(backend))
+    node.streams.register(StreamType.TUNNEL_HTTP, watch.tunnel_for)
     return node, watch, backend
 
 

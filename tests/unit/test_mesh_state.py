@@ -270,3 +270,103 @@ def test_route_order_prefers_live_connections_and_avoids_the_silent() -> None:
     hosts = [pid(1), pid(2), pid(3), pid(4)]
     assert route_order(hosts, connected={pid(3)}, suspect={pid(1)}) == [pid(3), pid(2), pid(4)]
     assert route_order([pid(1)], connected=set(), suspect={pid(1)}) == [pid(1)]  # the only one: still tried
+
+
+def at(n: int, role: Role = Role.HOST, *, ip: bool = True, relay: bool = False) -> PeerInfo:
+    """A peer's own entry with a direct address, a relay URL, both or neither."""
+    addr = EndpointAddr(
+        pid(n),
+        ip_addrs=[(f"10.0.0.{n}", 4433)] if ip else [],
+        relay_urls=["https://relay.example/"] if relay else [],
+    )
+    return attrs.evolve(info(n, role), addr=addr)
+
+
+def test_reachable_needs_a_direct_address_or_a_relay_we_use() -> None:
+    from meshd.mesh.state import reachable
+
+    assert reachable(at(1).addr, relays=False)
+    assert not reachable(at(2, ip=False, relay=True).addr, relays=False)
+    assert reachable(at(2, ip=False, relay=True).addr, relays=True)
+    assert not reachable(at(3, ip=False).addr, relays=True)
+
+
+def test_heartbeat_targets_are_the_linked_and_the_reachable_we_talk_to() -> None:
+    import random
+
+    st = MeshState(ME, Role.CLIENT)
+    st.ingest_gossip(pid(1), [at(1), at(2, Role.CLIENT), at(3, ip=False, relay=True), at(4, ip=False)], now=1)
+    st.ingest_gossip(pid(5), [at(5, Role.CLIENT)], now=1)  # a client that dialled us: we have its connection
+    rng = random.Random(0)
+    # a client gossips with hosts it can reach, not with other clients, unless there is a connection already
+    assert sorted(st.heartbeat_targets({pid(5)}, relays=False, rng=rng)) == [pid(1), pid(5)]
+    assert sorted(st.heartbeat_targets(set(), relays=True, rng=rng)) == [pid(1), pid(3)]
+    host = MeshState(ME, Role.HOST)
+    host.ingest_gossip(pid(2), [at(2, Role.CLIENT)], now=1)
+    assert host.heartbeat_targets(set(), relays=False, rng=rng) == [pid(2)]  # a host talks to clients
+
+
+def test_heartbeat_targets_are_a_sample_of_five_when_there_are_more() -> None:
+    import random
+
+    st = MeshState(ME, Role.HOST)
+    for n in range(1, 13):
+        st.ingest_gossip(pid(n), [at(n)], now=1)
+    picks = [set(st.heartbeat_targets(set(), relays=False, rng=random.Random(seed))) for seed in range(20)]
+    assert all(len(p) == 5 and p <= set(st.peers) for p in picks)
+    assert len({frozenset(p) for p in picks}) > 1  # the sample changes with the random source
+    again = [set(st.heartbeat_targets(set(), relays=False, rng=random.Random(seed))) for seed in range(20)]
+    assert again == picks  # and only with it
+
+
+def test_dial_candidates_skip_the_busy_the_backed_off_clients_and_the_unreachable() -> None:
+    from meshd.mesh.state import DialBook
+
+    st = MeshState(ME, Role.CLIENT)
+    st.ingest_gossip(pid(9), [at(9), at(1), at(2), at(3, Role.CLIENT), at(4, ip=False, relay=True), at(5)], now=1)
+    dials = DialBook()
+    dials.failed(pid(5), now=1)  # backed off until 6
+    ids = [e.endpoint_id for e in st.dial_candidates(2, skip={pid(9), pid(2)}, dials=dials, relays=False)]
+    assert ids == [pid(1)]
+    ids = [e.endpoint_id for e in st.dial_candidates(6, skip={pid(9)}, dials=dials, relays=True)]
+    assert ids == [pid(1), pid(2), pid(4), pid(5)]  # table order
+
+
+def test_redial_target_and_alone() -> None:
+    st = MeshState(ME, Role.CLIENT)
+    assert st.alone()
+    st.ingest_gossip(pid(1), [at(1)], now=1)
+    st.ingest_gossip(pid(2), [at(2, Role.CLIENT)], now=1)
+    assert not st.alone()
+    assert st.redial_target(pid(1)) == at(1).addr
+    assert st.redial_target(pid(2)) is None  # a client does not dial a client back
+    assert st.redial_target(pid(7)) is None  # forgotten
+    st.remove(pid(1), now=2)
+    st.remove(pid(2), now=2)
+    assert st.alone()
+
+
+def test_set_mesh_id_says_whether_it_changed() -> None:
+    st = MeshState(ME, Role.HOST)
+    version = st.version
+    assert st.set_mesh_id("a" * 32) and st.mesh_id == "a" * 32 and st.version == version + 1
+    assert not st.set_mesh_id("a" * 32) and st.version == version + 1
+    assert st.set_mesh_id("b" * 32) and st.mesh_id == "b" * 32
+
+
+def test_local_models_are_known_models_and_requests_are_counted() -> None:
+    st = MeshState(ME, Role.HOST)
+    version = st.version
+    st.set_local_models(["tiny"], now=10)
+    assert st.local_models == ("tiny",) and st.is_known_model("tiny", 11) and st.version == version + 1
+    st.set_local_models(("tiny",), now=20)
+    assert st.version == version + 1  # nothing changed
+    st.set_local_models((), now=30)
+    assert st.local_models == () and st.is_known_model("tiny", 31)  # still a name seen served
+    st.request_started()
+    st.request_started()
+    st.request_finished()
+    assert st.inflight_requests == 1
+    st.request_finished()
+    st.request_finished()  # one finish too many never goes below zero
+    assert st.inflight_requests == 0

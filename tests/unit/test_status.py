@@ -139,7 +139,7 @@ def check_status(st: dict[str, Any]) -> None:
 def make_node(role: Role = Role.CLIENT, **kw: Any) -> Node:
     serve = {"serve_url": "http://127.0.0.1:1"} if role is Role.HOST else {}
     node = Node(Config(role=role, **serve, **kw), Identity.generate(), Clock())
-    node.api_port, node.console_port = 19337, 13131
+    node.ports_bound(19337, 13131)
     return node
 
 
@@ -220,9 +220,9 @@ def test_a_gated_mesh_shows_its_requirements_rejections_and_the_signed_token() -
     node = make_node()
     node._reactor.advance(NOW / 1000)
     token = make_token(make_owner())
-    node.requirements = MeshRequirementState.from_token(token)
+    node.admission.enter_gated_mesh(MeshRequirementState.from_token(token))
     node.mesh.mesh_id = token.mesh_id
-    node.reject("gossip", "node_version_below_floor", "peer abc announces 0.59.0", b"\x01" * 32)
+    node.admission.reject("gossip", "node_version_below_floor", "peer abc announces 0.59.0", b"\x01" * 32)
     st = StatusView(node).status()
     check_status(st)
     assert st["mesh_id"] == token.mesh_id
@@ -233,7 +233,9 @@ def test_a_gated_mesh_shows_its_requirements_rejections_and_the_signed_token() -
     assert st["token"] == token.encode()  # the signed token we joined with, while it is valid
     node._reactor.advance(3600)
     assert StatusView(node).status()["token"] == ""  # expired: no token leads into this mesh
-    node.requirements = attrs.evolve(node.requirements, token=None)
+    requirements = node.admission.requirements
+    assert requirements is not None
+    node.admission.enter_gated_mesh(attrs.evolve(requirements, token=None))
     assert StatusView(node).status()["token"] == ""
 
 

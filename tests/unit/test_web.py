@@ -20,7 +20,7 @@ from meshd.web.console import ConsoleApp
 def make_node(**kw: Any) -> Node:
     cfg = Config(role=kw.pop("role", Role.CLIENT), **kw)
     node = Node(cfg, Identity.generate(), Clock())
-    node.api_port, node.console_port = 19337, 13131
+    node.ports_bound(19337, 13131)
     return node
 
 
@@ -54,7 +54,7 @@ def test_health_on_both_ports(app_cls: Any) -> None:
 class Relays:
     """Stands in for ``Discovery``: the per-relay states the status shows."""
 
-    def relay_status(self) -> list[dict[str, Any]]:
+    def nostr_status(self) -> list[dict[str, Any]]:
         return [{"url": "ws://127.0.0.1:9", "state": "failing", "last_error": "refused"}]
 
 
