@@ -529,9 +529,8 @@ class MeshdService(MultiService):
                 hint=hint,
             )
             for svc in (self.api, self.console):
-                if svc is not None and svc.port is not None:
-                    svc.port.stopListening()
-                    svc.port = None
+                if svc is not None:
+                    svc.unbind()
             raise SystemExit(
                 f"meshd: cannot listen on {e.interface}:{e.port} (the {what}): {e.socketError}{hint}"
             ) from None
@@ -625,8 +624,9 @@ def build_service(config: Config, reactor: Any) -> Any:
     children: list[tuple[str, Any]] = [("node", node), *extra, ("api", api)]
     console: TCPListenService | None = None
     if config.console_enabled:
-        console = TCPListenService(reactor, config.interface, config.console_port, console_site)
-        console.on_stop.append(console_app.close)
+        console = TCPListenService(
+            reactor, config.interface, config.console_port, console_site, on_stop=[console_app.close]
+        )
         children.append(("console", console))
     top = MeshdService(reactor, config, node, api, console)
     for name, svc in children:

@@ -240,10 +240,18 @@ class Node(Service):
     def set_state(self, state: NodeState) -> None:
         self.membership.set(state)
 
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever something ``/api/status`` shows changed."""
+        self.lifetime.on_change.append(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        if listener in self.lifetime.on_change:
+            self.lifetime.on_change.remove(listener)
+
     @property
-    def on_change(self) -> list[Callable[[], None]]:
-        """Called whenever something ``/api/status`` shows changed."""
-        return self.lifetime.on_change
+    def clock(self) -> Any:
+        """The reactor (or Clock) the node runs on, for the parts built around it."""
+        return self._reactor
 
     def notify_changed(self) -> None:
         self.lifetime.changed()

@@ -47,7 +47,7 @@ class APIApp:
         Responses are kept for ``previous_response_id`` (default: in this process, per the config)."""
         self.node = node
         self.backend = backend
-        clock = reactor if reactor is not None else node._reactor
+        clock = reactor if reactor is not None else node.clock
         config = node.config
         if store is None:
             store = MemoryResponseStore(

@@ -172,14 +172,14 @@ class ConsoleApp:
         Prometheus registry, served at ``/metrics`` here too (404 without it)."""
         self.node = node
         self.discovery = discovery
-        self._reactor = reactor if reactor is not None else node._reactor
+        self._reactor = reactor if reactor is not None else node.clock
         self._agent = agent
         self.static_dir = static_dir
         self._api_credential = api_credential
         self.metrics = metrics
         self.status_view = status if status is not None else StatusView(node, discovery=discovery)
         self.events = EventHub(self._reactor, self.status_view)
-        node.on_change.append(self.events.changed)
+        node.add_listener(self.events.changed)
         self._backend_stats = self.status_view.backend.backend.stats if self.status_view.backend is not None else None
         if self._backend_stats is not None:
             self._backend_stats.on_served.append(self.events.changed)
@@ -192,8 +192,7 @@ class ConsoleApp:
 
     def close(self) -> None:
         """Detach from the node and end the live event streams' timers."""
-        if self.events.changed in self.node.on_change:
-            self.node.on_change.remove(self.events.changed)
+        self.node.remove_listener(self.events.changed)
         if self._backend_stats is not None and self.events.changed in self._backend_stats.on_served:
             self._backend_stats.on_served.remove(self.events.changed)
         self.events.close()

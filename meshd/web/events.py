@@ -1,6 +1,6 @@
 """``GET /api/events``: the full status JSON as server-sent events (MESH_PROTOCOL.md §7.4).
 
-The first event goes out at once. After that a change (``Node.on_change``) sends the state again, at
+The first event goes out at once. After that a change (``Node.add_listener``) sends the state again, at
 most once a second per client while things keep changing: a change inside the window schedules one
 send at the end of it, and that send carries the newest state (one snapshot per change, shared by
 all clients). After 15 s without an

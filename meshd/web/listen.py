@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -24,14 +25,21 @@ class TCPListenService(Service):
 
     _log = Logger()
 
-    def __init__(self, reactor: IReactorTCP, interface: str, port: int, factory: ServerFactory[Any]) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        interface: str,
+        port: int,
+        factory: ServerFactory[Any],
+        on_stop: Sequence[Callable[[], object]] = (),
+    ) -> None:
         self._reactor = reactor
         self.interface = interface
         self.requested_port = port
         self.factory = factory
         self.port: IListeningPort | None = None
-        #: Called after the port stops listening (e.g. to stop an app's timers).
-        self.on_stop: list[Any] = []
+        #: Called when the service stops (e.g. to stop an app's timers).
+        self.on_stop = tuple(on_stop)
 
     @property
     def bound_port(self) -> int | None:
@@ -43,6 +51,12 @@ class TCPListenService(Service):
             self.port = self._reactor.listenTCP(
                 self.requested_port, self.factory, backlog=LISTEN_BACKLOG, interface=self.interface
             )
+
+    def unbind(self) -> None:
+        """Stop listening now (a sibling's bind failed before the service ran)."""
+        port, self.port = self.port, None
+        if port is not None:
+            port.stopListening()
 
     def startService(self) -> None:
         if self.port is None:

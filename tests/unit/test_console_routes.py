@@ -210,7 +210,7 @@ def test_is_loopback() -> None:
 
 def test_events_stream_over_the_real_site() -> None:
     node = make_node()
-    clock: Clock = node._reactor
+    clock: Clock = node.clock
     clock.advance(100)
     app = ConsoleApp(node)
     transport, proto = raw(app, b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n", peer="127.0.0.1")
@@ -240,7 +240,7 @@ def test_events_stream_over_the_real_site() -> None:
 
 def test_mesh_models_counts_hosts_and_demand() -> None:
     node = make_node(role=Role.HOST, serve_url="http://127.0.0.1:1")
-    clock: Clock = node._reactor
+    clock: Clock = node.clock
     clock.advance(1_000_000)
     node.set_hosted_models(("tiny",))
     node.mesh.note_models(["wanted"], node.now() - 3600)  # served somewhere in the mesh an hour ago
@@ -376,7 +376,7 @@ def test_with_api_keys_the_chat_is_for_loopback_or_the_console_token() -> None:
 
 def host_status(node: Node) -> tuple[StatusView, BackendStats]:
     """What build_service gives a host's console: the status with its backend watch (no poll runs)."""
-    watch = BackendWatch(node._reactor, node, Backend(node._reactor, "http://127.0.0.1:1"))
+    watch = BackendWatch(node.clock, node, Backend(node.clock, "http://127.0.0.1:1"))
     node.streams.register(StreamType.TUNNEL_HTTP, watch.tunnel_for)
     return StatusView(node, backend=watch), watch.backend.stats
 
@@ -404,7 +404,7 @@ def test_a_host_reports_what_its_backend_served_for_the_mesh() -> None:
 def test_a_served_request_updates_the_open_dashboards() -> None:
     node = make_node(role=Role.HOST, serve_url="http://127.0.0.1:1")
     node.set_hosted_models(("tiny",))
-    clock: Clock = node._reactor
+    clock: Clock = node.clock
     clock.advance(100)
     status, stats = host_status(node)
     app = ConsoleApp(node, status=status)

@@ -82,7 +82,7 @@ def test_live_values_peers_hosts_state_inflight_and_tunnel_counts() -> None:
         failovers = 4
         tunnel_failures = 7
 
-    gate = Gate(node._reactor, max_inflight=2)
+    gate = Gate(node.clock, max_inflight=2)
     gate.concurrency.admit(1, 0.0)
     m = Metrics(node, Proxy(), gate)
     s = samples(m)

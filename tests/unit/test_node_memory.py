@@ -97,7 +97,7 @@ def test_a_token_nobody_answers_leaves_the_node_standalone_and_retrying(world: W
     client = world.node(Role.CLIENT, [encode_token(nobody)])
     started = client.now()
     seen: list[tuple[float, NodeState]] = []
-    client.on_change.append(lambda: seen.append((client.now() - started, client.state)))
+    client.add_listener(lambda: seen.append((client.now() - started, client.state)))
     world.run(JOIN_TIMEOUT + 1)
     # at the join's deadline (connect plus gossip, as mesh-llm 0.76) the node is on its own ...
     failed_at = [t for t, state in seen if state is NodeState.STANDALONE]

@@ -218,7 +218,7 @@ def test_a_host_serves_stands_by_and_reports_its_models() -> None:
 
 def test_a_gated_mesh_shows_its_requirements_rejections_and_the_signed_token() -> None:
     node = make_node()
-    node._reactor.advance(NOW / 1000)
+    node.clock.advance(NOW / 1000)
     token = make_token(make_owner())
     node.admission.enter_gated_mesh(MeshRequirementState.from_token(token))
     node.mesh.mesh_id = token.mesh_id
@@ -231,7 +231,7 @@ def test_a_gated_mesh_shows_its_requirements_rejections_and_the_signed_token() -
     (rejection,) = st["recent_mesh_rejections"]
     assert rejection["source"] == "gossip" and rejection["reason"] == "node_version_below_floor"
     assert st["token"] == token.encode()  # the signed token we joined with, while it is valid
-    node._reactor.advance(3600)
+    node.clock.advance(3600)
     assert StatusView(node).status()["token"] == ""  # expired: no token leads into this mesh
     requirements = node.admission.requirements
     assert requirements is not None
