@@ -55,9 +55,15 @@ class Conn:
                 pass
             self.writer = None
 
-    async def _send(self, body: bytes) -> None:
+    async def ready(self) -> None:
+        """Open the connection, again if the server closed it while idle (uvicorn's keep-alive timeout is 5 s)."""
+        if self.writer is not None and self.reader is not None and self.reader.at_eof():
+            await self.close()
         if self.writer is None:
             await self.open()
+
+    async def _send(self, body: bytes) -> None:
+        await self.ready()
         assert self.writer is not None
         self.writer.write(
             b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
@@ -159,6 +165,7 @@ async def latency(urls: list[str], n: int, warmup: int, rounds: int, model: str,
     for _ in range(rounds):
         for i, c in enumerate(conns):
             for _ in range(per_round):
+                await c.ready()  # not timed: a target that closed an idle connection is not charged for it
                 t0 = time.perf_counter()
                 status, _ = await asyncio.wait_for(c.complete(body), limit_s)
                 dt = time.perf_counter() - t0
@@ -194,6 +201,7 @@ async def stream(urls: list[str], chunks: int, repeat: int, model: str, limit_s:
         await asyncio.wait_for(c.stream(_body(model, max_tokens=50, stream=True), time.perf_counter()), limit_s)
     for _ in range(repeat):
         for i, c in enumerate(conns):
+            await c.ready()
             r = await asyncio.wait_for(c.stream(body, time.perf_counter()), limit_s)
             runs[i].append(r)
     for c in conns:
