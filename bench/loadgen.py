@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -382,6 +383,7 @@ async def concurrent(
     ramp: float,
     interval: float,
     pids: dict[str, list[int]],
+    per_source: int = 200,
     sample_s: float = 0.25,
 ) -> dict[str, Any]:
     """*streams* streams, each on its own connection, started evenly over *ramp* seconds, spread over *urls*.
@@ -389,17 +391,22 @@ async def concurrent(
     Every stream's duration (start of connect -> ``[DONE]``) is compared with the backend's pace
     (``chunks * interval``). A sampler records chunks received and the CPU seconds of *pids* every
     *sample_s*; the steady window is from the moment the last stream got its first chunk to the moment the
-    first stream ended, when all streams are open at once.
+    first stream ended, when all streams are open at once. Connections to a 127.x target come from
+    ``ceil(streams / per_source)`` loopback source addresses (127.0.1.1, 127.0.1.2, ...; 0 = the default one).
     """
     loop = asyncio.get_running_loop()
     body = _body(model, max_tokens=chunks, stream=True)
     tally = Tally()
     starts: list[float] = [0.0] * streams
 
+    sources = max(1, math.ceil(streams / per_source)) if per_source else 0
+
     async def one(k: int) -> dict[str, Any]:
         await asyncio.sleep(ramp * k / streams)
         parts = urlsplit(urls[k % len(urls)])
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        # many callers, not one: meshd's API port takes at most 256 connections from one address by default
+        local = (f"127.0.1.{k % sources + 1}", 0) if sources and host.startswith("127.") else None
         request = (
             b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
             b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
@@ -411,7 +418,8 @@ async def concurrent(
         transport: asyncio.BaseTransport | None = None
         try:
             transport, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: PacedStream(request, t0, tally, done), host, port), limit_s
+                loop.create_connection(lambda: PacedStream(request, t0, tally, done), host, port, local_addr=local),
+                limit_s,
             )
             return await asyncio.wait_for(asyncio.shield(done), max(0.1, limit_s - (time.perf_counter() - t0)))
         except (OSError, TimeoutError) as e:
@@ -495,6 +503,7 @@ async def concurrent(
             "chunks_each": chunks,
             "pace_s": pace,
             "ramp_s": ramp,
+            "source_addresses": sources or 1,
             "completed": len(ok),
             "within_pace": sum(1 for d in durations if pace <= d <= pace * 1.1),
             "wall_s": wall,
@@ -529,6 +538,9 @@ def main() -> None:
     parser.add_argument(
         "--pid", action="append", default=[], help="NAME=PID: CPU seconds sampled in a concurrent run (repeatable)"
     )
+    parser.add_argument(
+        "--per-source", type=int, default=200, help="concurrent: streams per loopback source address (0 = one address)"
+    )
     parser.add_argument("--api-key", default="bench", help="sent as a Bearer token to every target")
     args = parser.parse_args()
     Conn.key = args.api_key.encode()
@@ -550,6 +562,7 @@ def main() -> None:
             args.ramp,
             args.interval,
             pids,
+            args.per_source,
         )
     result = asyncio.run(coro)
     sys.stdout.write(json.dumps(result) + "\n")
