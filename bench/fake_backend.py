@@ -8,7 +8,9 @@ Prints one JSON line ``{"port": P}`` once listening. Plain asyncio protocol, HTT
 * ``POST /v1/chat/completions``: non-streaming → a fixed small completion (``Content-Length``);
   ``"stream": true`` → ``max_tokens`` SSE chunks (chunked transfer encoding) then ``data: [DONE]``.
   Model ``bench`` streams as fast as the loop goes (one write per chunk, yielding to the loop between
-  chunks); ``bench-paced`` writes one chunk every ``--paced-interval`` seconds (long-lived streams);
+  chunks); ``bench-paced`` writes chunk *i* at ``i * --paced-interval`` seconds after the request and ``[DONE]`` one
+  interval after the last chunk (on a fixed schedule: a late wake-up does not delay the chunks after it), so
+  50 chunks take 5.0 s at 0.1 s;
 * ``GET /stats``: the backend's own time per request (request fully read → last byte handed to the socket),
   ``{"n", "p50_us", "p99_us", "mean_us"}`` for non-streaming requests since the last ``POST /stats/reset``.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -47,6 +50,7 @@ def _completion() -> bytes:
     ).encode()
 
 
+@functools.lru_cache(maxsize=8192)  # the same bytes again: the backend's own cost per chunk stays small
 def _chunk(i: int, model: str) -> bytes:
     event = {
         "id": "chatcmpl-bench",
@@ -202,14 +206,17 @@ class BackendProtocol(asyncio.Protocol):
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
             b"Transfer-Encoding: chunked\r\n%s\r\n" % (b"" if keep else b"Connection: close\r\n")
         )
+        loop = asyncio.get_running_loop()
         interval = self.paced if model == "bench-paced" else 0.0
+        start = loop.time()
         for i in range(n):
             if self.closed:
                 return
             if not self.can_write.is_set():
                 await self.can_write.wait()
             self.transport.write(_chunk(i, model))
-            await asyncio.sleep(interval)
+            # paced: chunk i+1 is due at start + (i+1) * interval, so a late wake-up does not push the rest back
+            await asyncio.sleep(max(0.0, start + (i + 1) * interval - loop.time()) if interval else 0.0)
         if self.closed:
             return
         self.transport.write(_DONE_CHUNK)

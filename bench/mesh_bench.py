@@ -1,16 +1,21 @@
-"""What the mesh costs a request: meshd vs straight to the backend vs LiteLLM's proxy, on 127.0.0.1.
+"""What the mesh costs a request: meshd vs straight to the backend vs two HAProxy hops vs LiteLLM, on 127.0.0.1.
 
-    bench/run [--quick] [--no-litellm] [--no-profile] [--out bench/results/latest.json]
+    bench/run [--quick] [--no-litellm] [--no-haproxy] [--no-profile] [--uvloop] [--meshd-tree DIR]
+              [--out bench/results/latest.json]
 
 One run starts (all on 127.0.0.1, nothing leaves the machine): the bench backend (bench/fake_backend.py),
-a meshd host (``twistd -n meshd --serve``), a meshd client (``--client --join TOKEN``), LiteLLM's proxy in
-front of the same backend (when its venv is there), and the load generator (bench/loadgen.py), which uses
-the same keep-alive HTTP client for every target. It prints a table and writes JSON.
+the floor (two HAProxy processes in a chain, bench/haproxy_chain.py), a meshd host (``twistd -n meshd
+--serve``), a meshd client (``--client --join TOKEN``), LiteLLM's proxy in front of the same backend (when its
+venv is there), and the load generator (bench/loadgen.py), which uses the same HTTP client for every target.
+With ``--uvloop`` a second meshd host and client run on a uvloop event loop (bench/uvloop_twistd.py) and get
+their own column. It prints a table (every goal PASS/MISS/SKIP) and writes JSON.
 
-Measures: start-up (client process start → first 200 completion), idle client RSS, added latency (p50/p99),
-streaming TTFB and chunks/s, 1,000 concurrent streams through one client (all complete? peak RSS, CPU
-seconds), QUIC RTT and MB/s (bench/quic_bench.py), the latency the Redis-backed gate adds over the in-process
-gate (``--redis``; skipped when ``redis-server`` is not installed), and py-spy profiles where a goal is missed.
+Measures: start-up (client process start -> first 200 completion), idle RSS, added latency over direct
+(p50/p99) and its multiples of the HAProxy chain's and LiteLLM's, streaming TTFB and chunks/s, 1,000
+concurrent paced streams through one client and one host (every duration against the backend's pace, TTFB,
+peak RSS, CPU), the number of paced streams one host holds at pace (a rising ladder) and its chunks/s per
+host core, QUIC RTT and MB/s (bench/quic_bench.py), the latency the Redis-backed gate adds (``--redis``;
+skipped when ``redis-server`` is not installed), and py-spy profiles where a goal is missed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import collections
 import contextlib
 import json
+import math
 import os
 import platform
 import resource
@@ -28,31 +34,41 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.daemon import Daemon  # noqa: E402
+from bench import haproxy_chain  # noqa: E402
+from bench.report import goals, table  # noqa: E402
+from tests.integration.daemon import Daemon, twistd_cmd  # noqa: E402
 
 PY = sys.executable
 BENCH = REPO / "bench"
 TOOLS_VENV = Path(os.environ.get("MESHD_BENCH_VENV", str(Path.home() / ".cache" / "meshd-bench" / "venv")))
+#: bench/run --uvloop installs uvloop here (pip --target, for meshd's Python) when meshd's Python lacks it.
+UVLOOP_DIR = TOOLS_VENV / f"uvloop-py{sys.version_info.major}.{sys.version_info.minor}"
 NO_NOSTR = "ws://127.0.0.1:9"  # discard port: nothing answers, nothing leaves the machine
 #: LiteLLM refuses to start without a master key; the load generator sends it to every target (same bytes).
 API_KEY = "sk-meshd-bench-" + os.urandom(16).hex()
 TICK = os.sysconf("SC_CLK_TCK")
 
-GOALS = {
-    "added_p50_ms": 2.0,  # meshd p50 - direct p50 <= 2 ms
-    "stream_rate_ratio": 0.90,  # meshd chunks/s >= 90% of direct
-    "concurrent_rss_mb": 250.0,  # client peak RSS with 1,000 streams < 250 MB
-    "idle_rss_mb": 80.0,  # joined client, idle 5 s < 80 MB
-    "startup_s": 3.0,  # client process start -> first 200 < 3 s
-}
+#: The paced streams: model ``bench-paced``, PACED_CHUNKS chunks, one every PACE_INTERVAL s = 5.0 s a stream.
+PACED_CHUNKS = 50
+PACE_INTERVAL = 0.1
+PACE_S = PACED_CHUNKS * PACE_INTERVAL
+STRETCH = 1.10  # a stream holds the pace when it ends within 10% of it
+RAMP_S = 2.0  # streams start evenly over this many seconds
+#: meshd, like mesh-llm, lets a peer open 1,024 bidirectional QUIC streams per connection (meshd/quic/core.py),
+#: so above 1,000 streams the ladder spreads them over more clients, all joined to the one host.
+STREAMS_PER_CLIENT = 1000
+SCALE_STEPS = (250, 500, 1000, 2000, 4000)
+QUICK_SCALE_STEPS = (100, 200, 400)
 
 
 # processes ---------------------------------------------------------------------------------------------
@@ -91,6 +107,15 @@ def reset_peak_rss(pid: int) -> None:
         f.write("5")  # resets VmHWM to the current RSS
 
 
+def event_loop_of(pid: int) -> str:
+    """'uvloop' when the process has uvloop's extension mapped, else 'asyncio'."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return "uvloop" if any("uvloop" in line for line in f) else "asyncio"
+    except OSError:
+        return "unknown"
+
+
 def http_json(url: str, body: Any = None, timeout: float = 5.0, key: str | None = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"}
@@ -119,6 +144,69 @@ def until(pred: Any, within: float, what: str, step: float = 0.05) -> Any:
     raise RuntimeError(f"timed out waiting for {what} ({locals().get('err', last)!r})")
 
 
+def git_rev(tree: Path) -> str | None:
+    out = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() or None
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+@dataclass
+class Flavour:
+    """Which meshd: the code tree it is imported from and its event loop (plain asyncio, or uvloop)."""
+
+    label: str
+    tree: Path
+    uvloop: bool = False
+    extra_path: str | None = None  # where uvloop is found when meshd's Python lacks it
+
+    def command(self, args: list[str]) -> list[str]:
+        if self.uvloop:
+            return [PY, str(BENCH / "uvloop_twistd.py"), "--nodaemon", "--pidfile=", "meshd", *args]
+        return twistd_cmd(*args)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.tree), self.extra_path) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+
+class Meshd(Daemon):
+    """A meshd process of a Flavour: the test helper's JSON log reader, with the bench's command and env.
+
+    Daemon.__init__ always runs ``twistd_cmd`` from the repo's own tree, so this starts the process itself and
+    then sets up the same reader state (``records``, the condition, the reader thread) that Daemon's other
+    methods use. stderr goes to a file so that nothing blocks on a pipe nobody reads.
+    """
+
+    def __init__(self, flavour: Flavour, args: list[str], cwd: Path, name: str) -> None:
+        self.args = ["--log-format", "json", *args]
+        self.stderr_path = cwd / f"{name}.stderr"
+        self.proc = subprocess.Popen(
+            flavour.command(self.args),
+            cwd=cwd,
+            env=flavour.env(),
+            stdout=subprocess.PIPE,
+            stderr=self.stderr_path.open("w"),
+            text=True,
+        )
+        self.records: list[dict[str, Any]] = []
+        self.bad_lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _stderr_if_done(self) -> str:
+        if self.proc.poll() is None:
+            return ""
+        return self.stderr_path.read_text()[-2000:]
+
+
 class Procs:
     """Every process this run starts; all are ended at the end (SIGTERM, then SIGKILL)."""
 
@@ -126,11 +214,16 @@ class Procs:
         self.popens: list[subprocess.Popen[Any]] = []
         self.daemons: list[Daemon] = []
 
+    def stop_daemon(self, d: Daemon) -> None:
+        with contextlib.suppress(Exception):
+            d.terminate(5)
+        d.kill()
+        if d in self.daemons:
+            self.daemons.remove(d)
+
     def stop(self) -> None:
-        for d in self.daemons:
-            with contextlib.suppress(Exception):
-                d.terminate(5)
-            d.kill()
+        for d in list(self.daemons):
+            self.stop_daemon(d)
         for p in self.popens:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -144,7 +237,7 @@ class Procs:
 
 def start_backend(procs: Procs, log: Path) -> tuple[subprocess.Popen[str], str]:
     p = subprocess.Popen(
-        [PY, str(BENCH / "fake_backend.py"), "--port", "0"],
+        [PY, str(BENCH / "fake_backend.py"), "--port", "0", "--paced-interval", str(PACE_INTERVAL)],
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
         text=True,
@@ -154,6 +247,31 @@ def start_backend(procs: Procs, log: Path) -> tuple[subprocess.Popen[str], str]:
     line = p.stdout.readline()
     port = json.loads(line)["port"]
     return p, f"http://127.0.0.1:{port}"
+
+
+COMPLETION = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+
+
+def completes(api: str, key: str | None = None) -> bool:
+    try:
+        return http_json(api + "/v1/chat/completions", COMPLETION, timeout=2, key=key)[0] == 200
+    except (OSError, ValueError):
+        return False
+
+
+def start_chain(procs: Procs, tmp: Path, backend: str) -> dict[str, Any]:
+    """The floor target: two HAProxy hops in front of the backend, or why not."""
+    binary = haproxy_chain.haproxy_binary()
+    if binary is None:
+        return {"skipped": "haproxy is not installed (bench/run installs Debian's haproxy with apt-get when it can)"}
+    ports = [free_port(), free_port()]
+    procs.popens.extend(haproxy_chain.start_chain(binary, tmp, int(backend.rsplit(":", 1)[1]), ports))
+    url = f"http://127.0.0.1:{ports[0]}"
+    try:
+        until(lambda: completes(url, API_KEY), 10, "a completion through the HAProxy chain")
+    except RuntimeError as e:
+        return {"skipped": f"the HAProxy chain did not answer: {e} | {(tmp / 'haproxy-hop1.log').read_text()[-300:]}"}
+    return {"url": url, "version": haproxy_chain.haproxy_version(binary), "hops": len(ports)}
 
 
 def meshd_common(tmp: Path, name: str) -> list[str]:
@@ -170,35 +288,44 @@ def meshd_common(tmp: Path, name: str) -> list[str]:
     ]
 
 
-def start_host(procs: Procs, tmp: Path, backend: str) -> tuple[Daemon, str, str]:
-    d = Daemon(["--serve", backend, "--backend-max-inflight", "2000", "--port", "0", *meshd_common(tmp, "host")], tmp)
+def start_host(procs: Procs, tmp: Path, backend: str, flavour: Flavour, name: str) -> tuple[Meshd, str]:
+    args = ["--serve", backend, "--backend-max-inflight", "10000", "--port", "0", *meshd_common(tmp, name)]
+    d = Meshd(flavour, args, tmp, name)
     procs.daemons.append(d)
     ready = d.wait_event("ready", 30)
     console = ready["console_url"]
     until(lambda: http_json(console + "/api/status")[1].get("hosted_models"), 20, "host serving models")
     token = http_json(console + "/api/status")[1]["token"]
-    return d, console, token
+    return d, token
 
 
-def start_client_timed(procs: Procs, tmp: Path, token: str) -> tuple[Daemon, str, dict[str, float]]:
-    """Start a client and time process start -> `ready` log event -> first 200 completion."""
+def start_client(
+    procs: Procs, tmp: Path, token: str, flavour: Flavour, name: str, *extra: str
+) -> tuple[Meshd, str, float]:
+    """A client joined to *token*; returns it, its API URL and seconds from Popen to the first 200 completion."""
     port = free_port()
     api = f"http://127.0.0.1:{port}"
-    body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
     t0 = time.perf_counter()
-    d = Daemon(["--client", "--join", token, "--port", str(port), *meshd_common(tmp, "client")], tmp)
+    args = ["--client", "--join", token, "--port", str(port), *meshd_common(tmp, name), *extra]
+    d = Meshd(flavour, args, tmp, name)
     procs.daemons.append(d)
-
-    def ok() -> bool:
-        try:
-            return http_json(api + "/v1/chat/completions", body, timeout=2)[0] == 200
-        except (OSError, ValueError):
-            return False
-
-    until(ok, 30, "client's first completion", step=0.01)
+    until(lambda: completes(api), 30, f"{name}'s first completion", step=0.01)
     first = time.perf_counter() - t0
     d.wait_event("ready", 5)
-    return d, api, {"first_completion_s": first}
+    return d, api, first
+
+
+@dataclass
+class Pair:
+    """A meshd host and the client joined to it (plus the ladder's extra clients while it runs)."""
+
+    flavour: Flavour
+    host: Meshd
+    token: str
+    client: Meshd
+    api: str
+    startup_s: float
+    extra: list[tuple[Meshd, str]] = field(default_factory=list)
 
 
 #: The gate's limits in both gate phases: every completion is checked (rate) and, with Redis, also takes a slot of
@@ -229,25 +356,16 @@ def start_redis(procs: Procs, tmp: Path) -> str | None:
     return f"redis://127.0.0.1:{port}/0"
 
 
-def start_client(procs: Procs, tmp: Path, token: str, name: str, *extra: str) -> str:
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    d = Daemon(["--client", "--join", token, "--port", str(port), *meshd_common(tmp, name), *extra], tmp)
-    procs.daemons.append(d)
-    d.wait_event("ready", 30)
-    body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-    until(lambda: http_json(api + "/v1/chat/completions", body, timeout=2)[0] == 200, 30, f"{name}'s first completion")
-    return api
-
-
-def gate_phase(procs: Procs, tmp: Path, token: str, n: int) -> dict[str, Any]:
+def gate_phase(procs: Procs, tmp: Path, token: str, flavour: Flavour, n: int) -> dict[str, Any]:
     """Latency through two clients with the same limits: in-process gate vs the Redis-backed one."""
+    if not (flavour.tree / "meshd" / "shared").is_dir():
+        return {"skipped": f"the meshd in {flavour.tree} has no --redis"}
     url = start_redis(procs, tmp)
     if url is None:
         return {"skipped": "redis-server is not installed (apt-get install redis-server)"}
-    local = start_client(procs, tmp, token, "gate-local", *GATE_LIMITS)
-    shared = start_client(
-        procs, tmp, token, "gate-redis", *GATE_LIMITS, "--redis", url, "--max-inflight-global", "1000000"
+    _, local, _ = start_client(procs, tmp, token, flavour, "gate-local", *GATE_LIMITS)
+    _, shared, _ = start_client(
+        procs, tmp, token, flavour, "gate-redis", *GATE_LIMITS, "--redis", url, "--max-inflight-global", "1000000"
     )
     lat = loadgen("latency", "--url", local, "--url", shared, "--n", str(n), "--warmup", str(n // 10), "--rounds", "4")
     in_process, redis = lat["latency"]
@@ -310,15 +428,7 @@ def start_litellm(procs: Procs, tmp: Path, backend: str) -> tuple[subprocess.Pop
 
 def wait_litellm(url: str, within: float = 90.0) -> float:
     t0 = time.perf_counter()
-    body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-
-    def ok() -> bool:
-        try:
-            return http_json(url + "/v1/chat/completions", body, timeout=5, key=API_KEY)[0] == 200
-        except (OSError, ValueError):
-            return False
-
-    until(ok, within, "LiteLLM's first completion", step=0.25)
+    until(lambda: completes(url, API_KEY), within, "LiteLLM's first completion", step=0.25)
     return time.perf_counter() - t0
 
 
@@ -336,9 +446,9 @@ def loadgen(*args: str, timeout: float = 300) -> dict[str, Any]:
     return json.loads(lines[-1])  # type: ignore[no-any-return]
 
 
-def quic_bench(mib: int, rounds: int) -> dict[str, Any]:
+def quic_bench(tree: Path, mib: int, rounds: int) -> dict[str, Any]:
     res: dict[str, Any] = {}
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(tree))
     for name in ("meshd-meshd", "meshd-iroh"):
         cmd = [PY, str(BENCH / "quic_bench.py"), "--scenario", name, "--mib", str(mib), "--rounds", str(rounds)]
         try:
@@ -370,6 +480,172 @@ def per_request(api: str, daemons: dict[str, Daemon], n: int) -> dict[str, Any]:
         out[f"{k}_cpu_ms"] = round((proc_status(d.proc.pid)["cpu_s"] - cpu0[k]) * 1000 / n, 3)
         out[f"{k}_log_lines"] = round((len(d.records) - lines0[k]) / n, 2)
     return out
+
+
+# paced streams -----------------------------------------------------------------------------------------
+
+
+def paced(urls: list[str], streams: int, pids: dict[str, list[int]]) -> dict[str, Any]:
+    """*streams* paced streams spread over *urls* (loadgen concurrent), CPU of *pids* sampled as they run."""
+    pid_args = [a for name, ids in pids.items() for pid in ids for a in ("--pid", f"{name}={pid}")]
+    url_args = [a for u in urls for a in ("--url", u)]
+    limit = 60.0
+    out = loadgen(
+        "concurrent",
+        *url_args,
+        "--streams",
+        str(streams),
+        "--chunks",
+        str(PACED_CHUNKS),
+        "--interval",
+        str(PACE_INTERVAL),
+        "--ramp",
+        str(RAMP_S),
+        "--timeout",
+        str(limit),
+        *pid_args,
+        timeout=RAMP_S + limit + 60,
+    )
+    return out["concurrent"]  # type: ignore[no-any-return]
+
+
+def held(c: dict[str, Any]) -> bool:
+    """Every stream complete and ended within the backend's pace + 10%."""
+    d = c.get("duration_s")
+    return bool(c["completed"] == c["streams"] and d and d["min"] >= PACE_S * 0.999 and d["max"] <= PACE_S * STRETCH)
+
+
+def per_core(c: dict[str, Any]) -> dict[str, Any]:
+    """Chunks/s through the host and per host core (chunks/s / host CPU-seconds per wall-second).
+
+    From the steady window (all streams open) when there is one, else from the whole run.
+    """
+    steady = c.get("steady")
+    if steady and steady["cpu_share"].get("host"):
+        share = steady["cpu_share"]
+        rate = steady["chunks_per_s"]
+        src = "steady"
+    else:
+        whole = c["whole"]
+        wall = c["wall_s"]
+        share = {k: v / wall for k, v in whole["cpu_s"].items()} if wall else {}
+        rate = whole["chunks_per_s"]
+        src = "whole run"
+    host = share.get("host") or 0.0
+    return {
+        "chunks_per_s": rate,
+        "host_cores": host,
+        "client_cores": share.get("client"),
+        "backend_cores": share.get("backend"),
+        "loadgen_cores": share.get("loadgen"),
+        "chunks_per_host_core": rate / host if host else None,
+        "window": src,
+    }
+
+
+def many_streams(pair: Pair, backend_pid: int, streams: int) -> dict[str, Any]:
+    """The 1,000 paced streams through one client and one host: durations, TTFB, peak RSS, CPU."""
+    pids = {"client": pair.client.proc.pid, "host": pair.host.proc.pid}
+    for pid in pids.values():
+        reset_peak_rss(pid)
+    before = {n: proc_status(p) for n, p in pids.items()}
+    c = paced([pair.api], streams, {"host": [pids["host"]], "client": [pids["client"]], "backend": [backend_pid]})
+    after = {n: proc_status(p) for n, p in pids.items()}
+    c["processes"] = {
+        n: {
+            "peak_rss_mb": after[n]["VmHWM"],
+            "rss_before_mb": before[n]["VmRSS"],
+            "cpu_s": round(after[n]["cpu_s"] - before[n]["cpu_s"], 2),
+        }
+        for n in pids
+    }
+    c["held"] = held(c)
+    c["rate"] = per_core(c)
+    return c
+
+
+def ladder(
+    procs: Procs,
+    tmp: Path,
+    pair: Pair,
+    backend: str,
+    backend_pid: int,
+    steps: tuple[int, ...],
+    reuse: dict[str, Any],
+) -> dict[str, Any]:
+    """Raise the number of paced streams through one host until durations stretch past 10% or a step fails.
+
+    Above STREAMS_PER_CLIENT streams more clients (joined to the same host) share them. *reuse* is the
+    many-streams result, which is the step of its size. At the first step that does not hold, the same number
+    of streams straight to the backend says whether the load generator and backend held it themselves.
+    """
+    rows: list[dict[str, Any]] = []
+    stopped: dict[str, Any] | None = None
+    try:
+        for n in steps:
+            need = math.ceil(n / STREAMS_PER_CLIENT)
+            if n == reuse["streams"] and need == 1:
+                c = reuse
+            else:
+                while len(pair.extra) + 1 < need:
+                    k = len(pair.extra) + 2
+                    name = f"{pair.flavour.label}-client{k}".replace("+", "-")
+                    d, api, _ = start_client(procs, tmp, pair.token, pair.flavour, name)
+                    pair.extra.append((d, api))
+                clients = [(pair.client, pair.api), *pair.extra][:need]
+                try:
+                    c = paced(
+                        [api for _, api in clients],
+                        n,
+                        {
+                            "host": [pair.host.proc.pid],
+                            "client": [d.proc.pid for d, _ in clients],
+                            "backend": [backend_pid],
+                        },
+                    )
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    rows.append({"streams": n, "clients": need, "failed": str(e)[-300:]})
+                    stopped = {"streams": n, "why": "the step failed"}
+                    break
+                c["held"] = held(c)
+                c["rate"] = per_core(c)
+            rows.append({"streams": n, "clients": need, **_ladder_row(c)})
+            if not c["held"]:
+                stopped = {"streams": n, "why": _why_not_held(c)}
+                break
+    finally:
+        for d, _ in pair.extra:
+            procs.stop_daemon(d)
+        pair.extra.clear()
+    if stopped is not None:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            ref = paced([backend], stopped["streams"], {"backend": [backend_pid]})
+            stopped["direct"] = {
+                "held": held(ref),
+                "completed": ref["completed"],
+                "duration_s": ref["duration_s"],
+                "ttfb_ms": ref["ttfb_ms"],
+            }
+    best = next((r for r in reversed(rows) if r.get("held")), None)
+    return {"steps": rows, "stopped": stopped, "best": best}
+
+
+def _ladder_row(c: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "held": c["held"],
+        "completed": c["completed"],
+        "duration_s": c["duration_s"],
+        "ttfb_ms": c["ttfb_ms"],
+        "errors": c.get("errors"),
+        **c["rate"],
+    }
+
+
+def _why_not_held(c: dict[str, Any]) -> str:
+    if c["completed"] != c["streams"]:
+        return f"{c['streams'] - c['completed']} streams incomplete ({c.get('errors')})"
+    d = c["duration_s"]
+    return f"durations {d['min']:.2f}-{d['max']:.2f} s, outside {PACE_S:.1f}-{PACE_S * STRETCH:.2f} s"
 
 
 # profiles ----------------------------------------------------------------------------------------------
@@ -553,30 +829,92 @@ def flamegraph(pid: int, seconds: float, svg: Path, drive: list[str]) -> str | N
 # the run -----------------------------------------------------------------------------------------------
 
 
+def uvloop_flavour(tree: Path) -> Flavour | str:
+    """meshd on uvloop, or why not: uvloop from meshd's Python, else from UVLOOP_DIR (bench/run puts it there)."""
+    probe = [PY, "-c", "import uvloop; print(uvloop.__version__)"]
+    out = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
+    if out.returncode == 0:
+        return Flavour("meshd+uvloop", tree, uvloop=True)
+    if UVLOOP_DIR.is_dir():
+        env = dict(os.environ, PYTHONPATH=str(UVLOOP_DIR))
+        out = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False, env=env)
+        if out.returncode == 0:
+            return Flavour("meshd+uvloop", tree, uvloop=True, extra_path=str(UVLOOP_DIR))
+    return f"uvloop is not importable by {PY} nor from {UVLOOP_DIR} (bench/run --uvloop installs it there)"
+
+
+def uvloop_version(flavour: Flavour) -> str | None:
+    out = subprocess.run(
+        [PY, "-c", "import uvloop; print(uvloop.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=flavour.env(),
+    )
+    return out.stdout.strip() or None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     nofile = raise_nofile()
+    tree = Path(args.meshd_tree).resolve() if args.meshd_tree else REPO
     res: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "nofile": list(nofile)},
         "quick": args.quick,
+        "bench_commit": git_rev(REPO),
+        "meshd_tree": str(tree),
+        "meshd_commit": git_rev(tree),
+        "load": {"start": load_avg()},
+        "pace_s": PACE_S,
+        "stretch": STRETCH,
     }
     n = 500 if args.quick else 2000
     streams = 200 if args.quick else 1000
+    steps = QUICK_SCALE_STEPS if args.quick else tuple(s for s in SCALE_STEPS if s <= args.scale_max)
+    flavours = [Flavour("meshd", tree)]
+    if args.uvloop:
+        uv = uvloop_flavour(tree)
+        if isinstance(uv, str):
+            res["uvloop_skipped"] = uv
+        else:
+            flavours.append(uv)
+            res["uvloop_version"] = uvloop_version(uv)
+    labels = [f.label for f in flavours]
+    res["flavours"] = labels
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="meshd-bench-"))
     t_start = time.perf_counter()
     try:
         backend_proc, backend = start_backend(procs, tmp / "backend.log")
+        bpid = backend_proc.pid
+        res["haproxy"] = {"skipped": "--no-haproxy"} if args.no_haproxy else start_chain(procs, tmp, backend)
         lite = None if args.no_litellm else start_litellm(procs, tmp, backend)
-        host, _, token = start_host(procs, tmp, backend)
-        client, api, startup = start_client_timed(procs, tmp, token)
-        res["startup"] = startup
+        hosts = {}
+        for fl in flavours:
+            hosts[fl.label] = start_host(procs, tmp, backend, fl, fl.label.replace("+", "-") + "-host")
+        pairs: dict[str, Pair] = {}
+        for fl in flavours:
+            host, token = hosts[fl.label]
+            client, api, first = start_client(procs, tmp, token, fl, fl.label.replace("+", "-") + "-client")
+            pairs[fl.label] = Pair(fl, host, token, client, api, first)
+        res["startup"] = {label: {"first_completion_s": p.startup_s} for label, p in pairs.items()}
+        res["event_loop"] = {
+            label: {"host": event_loop_of(p.host.proc.pid), "client": event_loop_of(p.client.proc.pid)}
+            for label, p in pairs.items()
+        }
         time.sleep(5)
         res["idle"] = {
-            "client_rss_mb": proc_status(client.proc.pid)["VmRSS"],
-            "host_rss_mb": proc_status(host.proc.pid)["VmRSS"],
+            label: {
+                "client_rss_mb": proc_status(p.client.proc.pid)["VmRSS"],
+                "host_rss_mb": proc_status(p.host.proc.pid)["VmRSS"],
+            }
+            for label, p in pairs.items()
         }
-        targets = {"direct": backend, "meshd": api}
+        targets = {"direct": backend}
+        if "url" in res["haproxy"]:
+            targets["haproxy"] = res["haproxy"]["url"]
+        targets.update({label: p.api for label, p in pairs.items()})
         if lite is not None:
             try:
                 res["litellm_start_s"] = wait_litellm(lite[1])
@@ -584,66 +922,102 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["litellm_version"] = _litellm_version()
             except RuntimeError as e:
                 res["litellm_error"] = str(e) + " | " + (tmp / "litellm.log").read_text()[-800:]
+        res["targets"] = list(targets)
         urls = [a for t in targets.values() for a in ("--url", t)]
 
+        res["load"]["latency"] = load_avg()
         http_json(backend + "/stats/reset", {})
         lat = loadgen("latency", *urls, "--n", str(n), "--warmup", str(n // 10), "--rounds", "4")["latency"]
         res["latency"] = {name: r for name, r in zip(targets, lat, strict=True)}
         res["backend_own"] = http_json(backend + "/stats")[1]
-        res["per_request"] = per_request(api, {"client": client, "host": host}, 500 if args.quick else 1000)
+        res["per_request"] = {
+            label: per_request(p.api, {"client": p.client, "host": p.host}, 500 if args.quick else 1000)
+            for label, p in pairs.items()
+        }
 
         st = loadgen("stream", *urls, "--chunks", "2000", "--repeat", "3" if args.quick else "5")["stream"]
         res["stream"] = {name: r for name, r in zip(targets, st, strict=True)}
 
-        pids = {"client": client.proc.pid, "host": host.proc.pid}
-        for pid in pids.values():
-            reset_peak_rss(pid)
-        before = {n_: proc_status(p) for n_, p in pids.items()}
-        conc = loadgen(
-            "concurrent", "--url", api, "--streams", str(streams), "--chunks", "50", "--ramp", "2", "--timeout", "120"
-        )["concurrent"]
-        after = {n_: proc_status(p) for n_, p in pids.items()}
-        conc["processes"] = {
-            n_: {
-                "peak_rss_mb": after[n_]["VmHWM"],
-                "rss_before_mb": before[n_]["VmRSS"],
-                "cpu_s": round(after[n_]["cpu_s"] - before[n_]["cpu_s"], 2),
-            }
-            for n_ in pids
-        }
-        res["concurrent"] = conc
-        res["transport"] = quic_bench(20 if args.quick else 50, 1000)
-        res["gate"] = {"skipped": "--no-redis"} if args.no_redis else gate_phase(procs, tmp, token, n // 2)
-        res["goals"] = goals(res)
+        res["load"]["streams"] = load_avg()
+        many: dict[str, Any] = {}
+        direct = paced([backend], streams, {"backend": [bpid]})
+        direct["held"] = held(direct)
+        many["direct"] = direct
+        for label, p in pairs.items():
+            many[label] = many_streams(p, bpid, streams)
+        res["many"] = many
+        res["concurrent"] = many["meshd"]  # the name earlier JSON readers know
 
-        missed = {k for k, g in res["goals"].items() if not g["pass"]}
+        res["scale"] = {label: ladder(procs, tmp, p, backend, bpid, steps, many[label]) for label, p in pairs.items()}
+        res["transport"] = quic_bench(tree, 20 if args.quick else 50, 1000)
+        main_pair = pairs["meshd"]
+        res["gate"] = (
+            {"skipped": "--no-redis"}
+            if args.no_redis
+            else gate_phase(procs, tmp, main_pair.token, main_pair.flavour, n // 2)
+        )
+        res["goals"] = {label: goals(res, label) for label in labels}
+
+        missed = {k for k, g in res["goals"]["meshd"].items() if g["pass"] is False}
         if args.profile_all:
-            missed |= {"added_p50_ms", "stream_rate_ratio", "concurrent_rss_mb"}
+            missed |= {"floor_p50", "stream_rate_ratio", "streams_duration"}
         if not args.no_profile and missed:
-            outdir = BENCH / "results"
-            prof: dict[str, Any] = {}
-            if "added_p50_ms" in missed:
-                prof["latency"] = profile_pids(pids, 10, outdir / "latency", _timed_latency(api, 10))
-                svg = flamegraph(client.proc.pid, 6, outdir / "profile.svg", _timed_latency(api, 6))
-                prof["latency"]["client_svg"] = svg
-            if "stream_rate_ratio" in missed:
-                prof["stream"] = profile_pids(
-                    pids, 8, outdir / "stream", ["stream", "--url", api, "--chunks", "20000", "--repeat", "3"]
-                )
-            if "concurrent_rss_mb" in missed:
-                drive = ["concurrent", "--url", api, "--streams", str(streams), "--chunks", "50", "--ramp", "2"]
-                prof["concurrent"] = profile_pids(pids, 9, outdir / "concurrent", [*drive, "--timeout", "120"])
-            if missed & {"idle_rss_mb", "startup_s"}:
-                prof["note"] = "memory and start-up goals: see the RSS numbers; py-spy profiles CPU only"
-            res["profiles"] = prof
-        res["client_log_lines"] = len(client.records)
-        res["host_log_lines"] = len(host.records)
-        _ = backend_proc
+            res["profiles"] = profiles(main_pair, missed, streams)
+        res["log_lines"] = {
+            label: {"client": len(p.client.records), "host": len(p.host.records)} for label, p in pairs.items()
+        }
     finally:
         procs.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    res["load"]["end"] = load_avg()
     res["wall_s"] = round(time.perf_counter() - t_start, 1)
     return res
+
+
+#: Which profile shows where the time of a missed goal goes.
+PROFILE_FOR = {
+    "floor_p50": "latency",
+    "floor_p99": "latency",
+    "peer_p50": "latency",
+    "stream_rate_ratio": "stream",
+    "streams_duration": "concurrent",
+    "streams_ttfb_p99": "concurrent",
+    "host_chunks_per_core": "concurrent",
+    "concurrent_rss_mb": "concurrent",
+}
+
+
+def profiles(pair: Pair, missed: set[str], streams: int) -> dict[str, Any]:
+    outdir = BENCH / "results"
+    pids = {"client": pair.client.proc.pid, "host": pair.host.proc.pid}
+    wanted = {PROFILE_FOR[k] for k in missed if k in PROFILE_FOR}
+    prof: dict[str, Any] = {}
+    if "latency" in wanted:
+        prof["latency"] = profile_pids(pids, 10, outdir / "latency", _timed_latency(pair.api, 10))
+        prof["latency"]["client_svg"] = flamegraph(
+            pair.client.proc.pid, 6, outdir / "profile.svg", _timed_latency(pair.api, 6)
+        )
+    if "stream" in wanted:
+        drive = ["stream", "--url", pair.api, "--chunks", "20000", "--repeat", "3"]
+        prof["stream"] = profile_pids(pids, 8, outdir / "stream", drive)
+    if "concurrent" in wanted:
+        drive = [
+            "concurrent",
+            "--url",
+            pair.api,
+            "--streams",
+            str(streams),
+            "--chunks",
+            str(PACED_CHUNKS),
+            "--ramp",
+            str(RAMP_S),
+            "--timeout",
+            "120",
+        ]
+        prof["concurrent"] = profile_pids(pids, 9, outdir / "concurrent", drive)
+    if missed & {"idle_rss_mb", "startup_s"}:
+        prof["note"] = "memory and start-up goals: see the RSS numbers; py-spy profiles CPU only"
+    return prof
 
 
 def _timed_latency(api: str, seconds: float) -> list[str]:
@@ -663,154 +1037,17 @@ def _litellm_version() -> str | None:
     return out.stdout.strip() or None
 
 
-def goals(res: dict[str, Any]) -> dict[str, Any]:
-    lat, st = res["latency"], res["stream"]
-    added = lat["meshd"]["p50_ms"] - lat["direct"]["p50_ms"]
-    ratio = st["meshd"]["chunks_per_s"] / st["direct"]["chunks_per_s"]
-    conc = res["concurrent"]
-    conc_rss = conc["processes"]["client"]["peak_rss_mb"]
-    g = {
-        "added_p50_ms": {"value": added, "goal": "<= 2 ms", "pass": added <= GOALS["added_p50_ms"]},
-        "stream_rate_ratio": {"value": ratio, "goal": ">= 0.90", "pass": ratio >= GOALS["stream_rate_ratio"]},
-        "concurrent_rss_mb": {
-            "value": conc_rss,
-            "goal": f"< 250 MB, all {conc['streams']} complete",
-            "pass": conc_rss < GOALS["concurrent_rss_mb"] and conc["completed"] == conc["streams"],
-        },
-        "idle_rss_mb": {
-            "value": res["idle"]["client_rss_mb"],
-            "goal": "< 80 MB",
-            "pass": res["idle"]["client_rss_mb"] < GOALS["idle_rss_mb"],
-        },
-        "startup_s": {
-            "value": res["startup"]["first_completion_s"],
-            "goal": "< 3 s",
-            "pass": res["startup"]["first_completion_s"] < GOALS["startup_s"],
-        },
-    }
-    return g
-
-
-# the table ---------------------------------------------------------------------------------------------
-
-
-def _f(v: Any, fmt: str = "{:.2f}") -> str:
-    return "-" if v is None else fmt.format(v)
-
-
-def table(res: dict[str, Any]) -> str:
-    lines: list[str] = []
-    add = lines.append
-    lat, st = res["latency"], res["stream"]
-    has_lite = "litellm" in lat
-    add(
-        f"meshd bench  {res['when']}  cpus={res['machine']['cpus']}  python {res['machine']['python']}"
-        f"  wall {res.get('wall_s', 0)} s" + ("  (--quick)" if res["quick"] else "")
-    )
-    if "litellm_error" in res:
-        add(f"LiteLLM: not measured ({res['litellm_error'][:200]})")
-    elif has_lite:
-        add(f"LiteLLM {res.get('litellm_version')}  (start to first completion {res['litellm_start_s']:.1f} s)")
-    own = res.get("backend_own", {})
-    add(
-        f"backend's own time per completion: p50 {_f(own.get('p50_us'), '{:.0f}')} us, "
-        f"p99 {_f(own.get('p99_us'), '{:.0f}')} us"
-    )
-    add("")
-    hdr = (
-        f"{'measure':34s} {'direct':>10s} {'meshd':>10s} {'LiteLLM':>10s} {'meshd/direct':>13s} {'meshd/LiteLLM':>14s}"
-    )
-    add(hdr)
-    add("-" * len(hdr))
-
-    def row(label: str, d: Any, m: Any, lt: Any, fmt: str = "{:.3f}") -> None:
-        r1 = m / d if d and m is not None else None
-        r2 = m / lt if lt and m is not None else None
-        add(f"{label:34s} {_f(d, fmt):>10s} {_f(m, fmt):>10s} {_f(lt, fmt):>10s} {_f(r1):>13s} {_f(r2):>14s}")
-
-    lite_lat = lat.get("litellm", {})
-    row("completion p50 (ms)", lat["direct"]["p50_ms"], lat["meshd"]["p50_ms"], lite_lat.get("p50_ms"))
-    row("completion p99 (ms)", lat["direct"]["p99_ms"], lat["meshd"]["p99_ms"], lite_lat.get("p99_ms"))
-    row("completions/s, one connection", lat["direct"]["rps"], lat["meshd"]["rps"], lite_lat.get("rps"), "{:.0f}")
-    lite_st = st.get("litellm", {})
-    row("stream TTFB (ms)", st["direct"]["ttfb_ms"], st["meshd"]["ttfb_ms"], lite_st.get("ttfb_ms"))
-    row(
-        "stream chunks/s (2,000 chunks)",
-        st["direct"]["chunks_per_s"],
-        st["meshd"]["chunks_per_s"],
-        lite_st.get("chunks_per_s"),
-        "{:.0f}",
-    )
-    pr = res.get("per_request")
-    if pr:
-        add(
-            f"per meshd completion: client CPU {pr['client_cpu_ms']:.2f} ms, host CPU {pr['host_cpu_ms']:.2f} ms, "
-            f"{pr['udp_datagrams']} UDP datagrams, log lines: client {pr['client_log_lines']}"
-            f" host {pr['host_log_lines']}"
-        )
-    add("")
-    c = res["concurrent"]
-    add(
-        f"concurrent streams via one client: {c['completed']}/{c['streams']} complete ({c['chunks_each']} chunks "
-        f"each, 1 per 100 ms), wall {c['wall_s']:.1f} s, TTFB p50 {_f(c['ttfb_p50_ms'], '{:.1f}')} ms "
-        f"p99 {_f(c['ttfb_p99_ms'], '{:.1f}')} ms"
-    )
-    for name, p in c["processes"].items():
-        add(
-            f"  meshd {name:6s}: peak RSS {p['peak_rss_mb']:.0f} MB (before {p['rss_before_mb']:.0f} MB), "
-            f"CPU {p['cpu_s']:.1f} s"
-        )
-    if c.get("errors"):
-        add(f"  errors: {c['errors']}")
-    add(f"start-up (client process start -> first 200 completion): {res['startup']['first_completion_s']:.2f} s")
-    add(f"idle RSS after 5 s: client {res['idle']['client_rss_mb']:.0f} MB, host {res['idle']['host_rss_mb']:.0f} MB")
-    for name, t in res["transport"].items():
-        if "error" in t:
-            add(f"QUIC {name}: error {t['error'][:200]}")
-        else:
-            add(
-                f"QUIC {name:12s}: RTT {t['rtt_us']:.0f} us (64 B x 1000), {t['mb_per_s']:.1f} MB/s one stream, "
-                f"peak RSS {t['peak_rss_mb']:.0f} MB"
-            )
-    gate = res.get("gate", {})
-    if "skipped" in gate:
-        add(f"gate with --redis: not measured ({gate['skipped']})")
-    elif gate:
-        loc, red = gate["in_process"], gate["redis"]
-        add(
-            f"gate with --redis (one admit script + one release per completion, Redis on 127.0.0.1): p50 "
-            f"{red['p50_ms']:.3f} ms vs {loc['p50_ms']:.3f} ms in-process (+{gate['added_p50_ms']:.3f} ms), "
-            f"p99 {red['p99_ms']:.3f} vs {loc['p99_ms']:.3f} ms (+{gate['added_p99_ms']:.3f} ms)"
-        )
-    add("")
-    add("goals:")
-    for name, g in res["goals"].items():
-        add(f"  {'PASS' if g['pass'] else 'MISS'}  {name:18s} {g['value']:.3f}  (goal {g['goal']})")
-    for phase, prof in res.get("profiles", {}).items():
-        if not isinstance(prof, dict):
-            continue
-        for proc_name, summary in prof.items():
-            if not isinstance(summary, dict) or "own" not in summary:
-                continue
-            add("")
-            add(
-                f"profile ({phase}, meshd {proc_name}: {summary['busy']} busy of {summary['samples']} samples, "
-                f"{summary['cpu_share_of_one_core']} of a core); where busy time goes:"
-            )
-            add("  " + ", ".join(f"{b} {p}%" for b, p in summary["buckets"][:8]))
-            add("  top own time:")
-            for fn, pct in summary["own"][:8]:
-                add(f"  {pct:5.1f}%  {fn}")
-    return "\n".join(lines)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer requests and 200 streams (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="fewer requests, 200 streams, a short ladder")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--no-haproxy", action="store_true", help="leave out the two-HAProxy floor")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-redis", action="store_true", help="leave out the Redis-backed gate's row")
     parser.add_argument("--profile-all", action="store_true", help="profile latency, streaming and 1,000 streams")
+    parser.add_argument("--uvloop", action="store_true", help="also a meshd host and client on uvloop, own column")
+    parser.add_argument("--meshd-tree", default=None, help="import meshd from this checkout (default: this one)")
+    parser.add_argument("--scale-max", type=int, default=SCALE_STEPS[-1], help="largest step of the stream ladder")
     parser.add_argument("--out", default=str(BENCH / "results" / "latest.json"))
     args = parser.parse_args()
     # SIGTERM ends the run through the same clean-up as Ctrl-C: every process started here is stopped
