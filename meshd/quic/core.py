@@ -1,4 +1,4 @@
-"""The sans-IO QUIC connection meshd uses: aioquic's, with three changes.
+"""The sans-IO QUIC connection meshd uses: aioquic's, with these changes.
 
 1. TLS: the context aioquic builds in ``_initialize`` is swapped for a
    :class:`~meshd.quic.tls.RawPublicKeyContext` (iroh's raw-public-key TLS).
@@ -17,6 +17,9 @@
    (or :meth:`release_stream` when it drops a stream) and the windows are
    re-opened to ``consumed + window`` once less than half of the window is
    left.  So the bytes a paused reader buffers stay below the window.
+5. Packets are built from the streams that have something to send
+   (:class:`~meshd.quic.sendqueue.ScheduledQuicConnection`), not from a walk
+   over every open stream per packet.
 
 Everything else is aioquic 1.7.2 unchanged: it is driven with
 ``receive_datagram``/``datagrams_to_send``/``get_timer``/``handle_timer``/
@@ -30,7 +33,6 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
     CONNECTION_LIMIT_FRAME_CAPACITY,
     MAX_STREAM_DATA_FRAME_CAPACITY,
-    QuicConnection,
     stream_is_client_initiated,
     stream_is_unidirectional,
 )
@@ -40,6 +42,7 @@ from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream as _AioStream
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from meshd.quic.sendqueue import ScheduledQuicConnection
 from meshd.quic.tls import RawPublicKeyCertificate, RawPublicKeyContext, public_key_bytes
 
 __all__ = ["DEFAULT_LIMITS", "MeshQuicConnection", "TransportLimits"]
@@ -74,7 +77,7 @@ class TransportLimits:
 DEFAULT_LIMITS = TransportLimits()
 
 
-class MeshQuicConnection(QuicConnection):
+class MeshQuicConnection(ScheduledQuicConnection):
     """aioquic's QuicConnection with raw-public-key TLS and consumption-based windows.
 
     :param private_key: our Ed25519 identity.
@@ -185,6 +188,7 @@ class MeshQuicConnection(QuicConnection):
         """The application took *count* bytes of *stream_id*: window credit may return."""
         self._rx_consumed[stream_id] = self._rx_consumed.get(stream_id, 0) + count
         self._rx_consumed_total += count
+        self._credit_moved(stream_id)
 
     def release_stream(self, stream_id: int) -> None:
         """The application dropped *stream_id*: count everything received as consumed.
@@ -218,6 +222,7 @@ class MeshQuicConnection(QuicConnection):
             buf.push_uint_var(stream_id)
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
+        self._credit_written(stream_id)
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         max_data = self._local_max_data

@@ -291,5 +291,18 @@ def test_aioquic_hooks_still_exist() -> None:
         assert callable(getattr(aiotls.Context, name))
     from aioquic.quic.connection import QuicConnection
 
-    for name in ("_initialize", "_write_stream_limits", "_write_connection_limits"):
+    for name in (
+        "_initialize",
+        "_write_stream_limits",
+        "_write_connection_limits",
+        # meshd.quic.sendqueue
+        "_write_application",
+        "_write_stream_frame",
+        "_write_reset_stream_frame",
+        "_write_stop_sending_frame",
+        "_handle_stream_frame",
+        "_handle_reset_stream_frame",
+        "_handle_stop_sending_frame",
+        "_on_max_stream_data_delivery",
+    ):
         assert callable(getattr(QuicConnection, name))
