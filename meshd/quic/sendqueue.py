@@ -9,8 +9,10 @@ each chunk cost O(open streams) Python calls (``bench/quic_streams.py``; docs/pe
 collections while it runs:
 
 * ``_streams_queue`` holds only the *awake* streams: those with data, a FIN, a RESET_STREAM or a
-  STOP_SENDING to send, or finished and waiting to be discarded. After each packet run the streams
-  with nothing left to do leave it (in aioquic's order: the ones that sent go last).
+  STOP_SENDING to send, or finished and waiting to be discarded. aioquic sees them ``RUN_WINDOW``
+  at a time (one of its packet runs per window, while the packets and the congestion window have
+  room); afterwards the streams with nothing left to do leave the queue, and the ones visited go
+  after the ones not visited.
 * ``_streams`` is, during the run, the awake streams plus the ones whose receive credit may need a
   MAX_STREAM_DATA (``_credit_moved``), so the limits walk is as short; the streams aioquic discards
   from it are then dropped from the real table.
@@ -41,7 +43,15 @@ from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
-__all__ = ["ScheduledQuicConnection"]
+__all__ = ["RUN_WINDOW", "ScheduledQuicConnection"]
+
+#: Awake streams one of aioquic's packet runs walks. A transmit runs window after window while there
+#: is room, so a packet costs O(window) however many streams have data pending (a host that fell
+#: behind has many); each window may leave one packet part-filled.
+RUN_WINDOW = 32
+#: Below this much congestion-window room a transmit stops visiting windows (a window's run builds
+#: nothing without room, and aioquic's runs end normally then, not with QuicPacketBuilderStop).
+MIN_FLIGHT_ROOM = 256
 
 
 class _TappedBuilder:
@@ -79,6 +89,13 @@ class _TappedBuilder:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._builder, name)
+
+
+def _flight_room(builder: QuicPacketBuilder) -> int:
+    """Bytes the congestion window still lets this transmit put in flight (aioquic 1.7.2's builder)."""
+    if builder.max_flight_bytes is None:
+        return MIN_FLIGHT_ROOM
+    return builder.max_flight_bytes - builder._flight_bytes - builder._datagram_flight_bytes
 
 
 def _peek_stream_id(buf: Buffer) -> int | None:
@@ -184,29 +201,49 @@ class ScheduledQuicConnection(QuicConnection):
 
     def _write_application(self, builder: QuicPacketBuilder, network_path: QuicNetworkPath, now: float) -> None:
         everything = self._streams
-        queue: list[QuicStream] = []
+        pending: list[QuicStream] = []
         seen: set[QuicStream] = set()
         for stream in self._streams_queue:
             if stream not in seen and everything.get(stream.stream_id) is stream:  # type: ignore[arg-type]
                 seen.add(stream)
-                queue.append(stream)
-        run: dict[int, QuicStream] = {s.stream_id: s for s in queue}  # type: ignore[misc]
+                pending.append(stream)
+        served: list[QuicStream] = []
+        window: list[QuicStream] = []
+        try:
+            while True:  # at least one run: ACKs and connection-level frames go out without any stream
+                window, pending = pending[:RUN_WINDOW], pending[RUN_WINDOW:]
+                self._run_window(window, builder, network_path, now)
+                served.extend(self._streams_queue)
+                window = []
+                if not pending or self._pacing_at is not None or _flight_room(builder) < MIN_FLIGHT_ROOM:
+                    break  # all visited, or the pacer or the congestion window says wait
+        finally:
+            # A run cut short (packet or congestion window full) leaves its streams after the ones not
+            # visited yet, so every awake stream gets its turn.
+            queue = pending + self._streams_queue + served if window else pending + served
+            self._credit_ids.intersection_update(everything)
+            self._streams_queue = [
+                s
+                for s in queue
+                if s.is_finished or s.sender.reset_pending or s.receiver.stop_pending or not s.sender.buffer_is_empty
+            ]
+            self._awake = set(self._streams_queue)
+
+    def _run_window(
+        self, window: list[QuicStream], builder: QuicPacketBuilder, network_path: QuicNetworkPath, now: float
+    ) -> None:
+        """aioquic's packet building over ``window`` (and the streams whose credit moved)."""
+        everything = self._streams
+        run: dict[int, QuicStream] = {s.stream_id: s for s in window}  # type: ignore[misc]
         for stream_id in self._credit_ids:
             if (credited := everything.get(stream_id)) is not None:
                 run[stream_id] = credited
-        self._streams_queue = queue
+        self._streams_queue = window
         self._streams = run
         try:
             super()._write_application(builder, network_path, now)
         finally:
             self._streams = everything
-            for stream in queue:
+            for stream in window:
                 if stream.stream_id not in run and everything.get(stream.stream_id) is stream:  # type: ignore[arg-type]
                     del everything[stream.stream_id]  # type: ignore[arg-type]
-            self._credit_ids.intersection_update(everything)
-            self._streams_queue = [
-                s
-                for s in self._streams_queue
-                if s.is_finished or s.sender.reset_pending or s.receiver.stop_pending or not s.sender.buffer_is_empty
-            ]
-            self._awake = set(self._streams_queue)

@@ -306,3 +306,12 @@ def test_aioquic_hooks_still_exist() -> None:
         "_on_max_stream_data_delivery",
     ):
         assert callable(getattr(QuicConnection, name))
+    from aioquic.quic.packet_builder import QuicPacketBuilder
+
+    builder = QuicPacketBuilder(host_cid=b"h" * 8, peer_cid=b"p" * 8, version=1, is_client=True, max_datagram_size=1200)
+    assert builder._flight_bytes == 0 and builder._datagram_flight_bytes == 0 and builder.max_flight_bytes is None
+    p = Pair(key(), key())
+    p.connect()
+    p.pump()
+    assert isinstance(p.client._streams, dict) and isinstance(p.client._streams_queue, list)
+    assert hasattr(p.client, "_pacing_at")
