@@ -44,6 +44,7 @@ from twisted.python import usage  # noqa: E402
 
 from meshd import __version__  # noqa: E402
 from meshd.autojoin import Discovery, listing_for  # noqa: E402
+from meshd.commands.text import EXIT_USAGE, port_option  # noqa: E402
 from meshd.config import (  # noqa: E402
     DEFAULT_API_PORT,
     DEFAULT_CONSOLE_PORT,
@@ -74,18 +75,6 @@ from meshd.web.api import APIApp  # noqa: E402
 from meshd.web.console import ConsoleApp  # noqa: E402
 from meshd.web.gate import Gate, GateService  # noqa: E402
 from meshd.web.listen import TCPListenService  # noqa: E402
-
-EXIT_USAGE = 2
-
-
-def _port(value: str, flag: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise usage.UsageError(f"{flag} must be a port number, got {value!r}") from None
-    if not 0 <= port <= 65535:
-        raise usage.UsageError(f"{flag} must be between 0 and 65535, got {port}")
-    return port
 
 
 class Options(usage.Options):
@@ -276,8 +265,8 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--max-clients must be a number, got {self['max-clients']!r}") from None
             if max_clients < 1:
                 raise usage.UsageError("--max-clients must be at least 1")
-        api_port = _port(self["port"], "--port")
-        console_port = _port(self["console"], "--console")
+        api_port = port_option(self["port"], "--port")
+        console_port = port_option(self["console"], "--console")
         if api_port and api_port == console_port and not self["no-console"]:
             raise usage.UsageError(f"--port and --console are both {api_port}; they need different ports")
         relays = tuple(self["nostr-relay"]) or DEFAULT_NOSTR_RELAYS
@@ -364,7 +353,7 @@ class Options(usage.Options):
             relay_auth=tuple(relay_auth),
             relay_tokens=tuple(self["relay-token"]),
             relay_server=bool(self["relay-server"]),
-            relay_port=_port(self["relay-port"], "--relay-port"),
+            relay_port=port_option(self["relay-port"], "--relay-port"),
             relay_address=self["relay-address"],
             role=role,
             auto=bool(self["auto"]),
@@ -381,7 +370,7 @@ class Options(usage.Options):
             publish=bool(self["publish"]),
             max_clients=max_clients,
             serve_url=serve,
-            bind_port=_port(self["bind-port"], "--bind-port"),
+            bind_port=port_option(self["bind-port"], "--bind-port"),
             bind_address=bind_address,
             models=tuple(self["model"]),
             backend_max_inflight=inflight,

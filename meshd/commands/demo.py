@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import attrs
 from twisted.python import usage
 
-from meshd.commands.text import EXIT_FAILURE, CommandOptions, clean, parse_command_line
+from meshd.commands.text import EXIT_FAILURE, CommandOptions, clean, parse_command_line, port_option
 from meshd.config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT
 from meshd.llamacpp import GGUF_REQUIREMENT, find_llama_server, llama_server_argv, missing_llama_server_help
 
@@ -159,16 +159,6 @@ def banner(
     return "\n".join(lines) + "\n"
 
 
-def _port_option(value: str, flag: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise usage.UsageError(f"{flag} must be a port number, got {value!r}") from None
-    if not 0 <= port <= 65535:
-        raise usage.UsageError(f"{flag} must be between 0 and 65535, got {port}")
-    return port
-
-
 class Options(CommandOptions):
     synopsis = "Usage: meshd demo [--serve URL | --gguf FILE] [--port N] [--console N]"
     longdesc = (
@@ -197,8 +187,8 @@ class Options(CommandOptions):
                 raise usage.UsageError(f"--serve needs an http(s)://host[:port] URL, got {self['serve']!r}")
         if self["gguf"] and not Path(self["gguf"]).expanduser().is_file():
             raise usage.UsageError(f"--gguf {self['gguf']!r} is not a file")
-        self.api_port = _port_option(self["port"], "--port")
-        self.console_port = _port_option(self["console"], "--console")
+        self.api_port = port_option(self["port"], "--port")
+        self.console_port = port_option(self["console"], "--console")
         if self.api_port and self.api_port == self.console_port:
             raise usage.UsageError(f"--port and --console are both {self.api_port}; they need different ports")
         try:

@@ -23,10 +23,23 @@ __all__ = [
     "duration",
     "gigabytes",
     "parse_command_line",
+    "port_option",
 ]
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+
+def port_option(value: str, flag: str) -> int:
+    """A port flag's value (0-65535); a bad one is a usage error naming ``flag``."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise usage.UsageError(f"{flag} must be a port number, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise usage.UsageError(f"{flag} must be between 0 and 65535, got {port}")
+    return port
+
 
 #: Longest value printed from outside input (a Nostr listing, a console's JSON); longer ones end in "…".
 MAX_FIELD_CHARS = 300

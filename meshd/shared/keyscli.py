@@ -17,11 +17,12 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 from urllib.parse import urlsplit
 
+from meshd.commands.text import EXIT_FAILURE, EXIT_USAGE
 from meshd.shared import scripts
 from meshd.shared.keys import KeyAdminError, add_key, list_keys, revoke
 from meshd.shared.scripts import BadRedisURL, KeyEntry, Namespace
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK = 0
 TIMEOUT = 5.0
 
 
