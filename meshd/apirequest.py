@@ -18,6 +18,7 @@ import attrs
 
 from meshd import jsonbound
 from meshd.httpwire import MAX_BODY_BYTES
+from meshd.jsonbound import json_type
 
 #: A caller's ``x-request-id`` is kept when it looks like an id (safe in logs and headers), else a new one.
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -176,21 +177,6 @@ def build(
         client=client,
         declares_json=content_type is None or b"json" in content_type.lower(),
     )
-
-
-def json_type(value: Any) -> str:
-    """How a JSON value's type is named in messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def inspect_body(body: bytes) -> tuple[str | None, bool]:

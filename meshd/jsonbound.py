@@ -31,7 +31,7 @@ from collections.abc import Callable
 from itertools import accumulate
 from typing import Any, Final, NoReturn
 
-__all__ = ["MAX_DEPTH", "MAX_NUMBER_CHARS", "BadJSON", "depth_exceeds", "loads"]
+__all__ = ["MAX_DEPTH", "MAX_NUMBER_CHARS", "BadJSON", "depth_exceeds", "json_type", "loads"]
 
 #: Deepest nesting of arrays/objects accepted (serde_json's default recursion limit is 128 levels).
 MAX_DEPTH: Final = 127
@@ -86,6 +86,23 @@ def depth_exceeds(raw: bytes, limit: int) -> bool:
             return True
         depth += 2 * piece.count(b"[") - len(piece)
     return False
+
+
+def json_type(value: Any) -> str:
+    """How a decoded JSON value's type is named in error messages ("a string", "an array", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def _reject_constant(name: str) -> NoReturn:

@@ -11,6 +11,7 @@ import math
 from typing import Any, NoReturn
 
 from meshd.agentapi.errors import InvalidRequest, TooLarge
+from meshd.jsonbound import json_type
 
 #: Deepest nesting of arrays/objects accepted in a request body (tool schemas are the deepest part).
 MAX_DEPTH = 64
@@ -31,7 +32,7 @@ def load_object(body: bytes, *, what: str = "request body", max_depth: int = MAX
     except ValueError as e:  # includes UnicodeDecodeError and over-long integers
         raise InvalidRequest(f"the {what} is not valid JSON: {_short(str(e))}", code="invalid_json") from None
     if not isinstance(value, dict):
-        raise InvalidRequest(f"the {what} must be a JSON object, not {kind(value)}", code="invalid_json")
+        raise InvalidRequest(f"the {what} must be a JSON object, not {json_type(value)}", code="invalid_json")
     check_depth(value, max_depth, what)
     return value
 
@@ -49,22 +50,6 @@ def check_depth(value: Any, max_depth: int, what: str) -> None:
             stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
 
 
-def kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
 def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -76,7 +61,7 @@ def join(path: str, key: str | int) -> str:
 
 
 def bad(path: str, expected: str, value: Any) -> InvalidRequest:
-    return InvalidRequest(f"{path} must be {expected}, not {kind(value)}", param=path)
+    return InvalidRequest(f"{path} must be {expected}, not {json_type(value)}", param=path)
 
 
 def opt_str(obj: dict[str, Any], key: str, path: str = "") -> str | None:
