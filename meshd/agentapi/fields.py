@@ -147,3 +147,14 @@ def one_of(value: str, allowed: tuple[str, ...], path: str) -> str:
             f"{path} must be one of {', '.join(repr(a) for a in allowed)}, not {_short(repr(value), 60)}", param=path
         )
     return value
+
+
+def tool_name(tool: dict[str, Any], path: str, seen: set[str]) -> str:
+    """A tool's ``name``: at most 256 characters and used by no earlier tool of the request (added to ``seen``)."""
+    name = req_str(tool, "name", path)
+    if len(name) > 256:
+        raise InvalidRequest(f"{path}.name is longer than 256 characters", param=f"{path}.name")
+    if name in seen:
+        raise InvalidRequest(f"{path}.name {name!r} is used by another tool", param=f"{path}.name")
+    seen.add(name)
+    return name

@@ -20,7 +20,6 @@ import attrs
 from meshd.agentapi import fields as f
 from meshd.agentapi.chat import (
     DEFAULT_MAX_BODY,
-    MAX_TOOL_CALLS,
     ChatEvent,
     Failed,
     Finish,
@@ -32,7 +31,7 @@ from meshd.agentapi.chat import (
 from meshd.agentapi.errors import InvalidRequest, anthropic_type
 from meshd.agentapi.sse import encode_event
 from meshd.agentapi.tokens import estimate_tokens, flatten_chat, tokenize_request
-from meshd.agentapi.translate import Abort, Translator, UpstreamProblem
+from meshd.agentapi.translate import Abort, PendingToolCalls, Translator, UpstreamProblem
 
 IdSource = Callable[[str], str]
 
@@ -293,12 +292,7 @@ def _tools(body: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
         if ttype not in (None, "custom"):
             notes.append(f"{path} (type {ttype[:40]!r}) is a server tool, not available through this gateway; dropped")
             continue
-        name = f.req_str(tool, "name", path)
-        if len(name) > 256:
-            raise InvalidRequest(f"{path}.name is longer than 256 characters", param=f"{path}.name")
-        if name in names:
-            raise InvalidRequest(f"{path}.name {name!r} is used by another tool", param=f"{path}.name")
-        names.add(name)
+        name = f.tool_name(tool, path, names)
         schema = f.opt_dict(tool, "input_schema", path)
         if schema is None:
             raise InvalidRequest(
@@ -426,7 +420,7 @@ class MessagesTranslator(Translator):
         self._blocks: list[_Block] = []
         self._current: _Block | None = None
         self._tools: dict[int, _Block] = {}
-        self._pending: dict[int, dict[str, Any]] = {}
+        self._pending = PendingToolCalls()
         self._finish: Finish | None = None
         self._usage: Usage | None = None
         self._reasoning_dropped = False
@@ -510,19 +504,13 @@ class MessagesTranslator(Translator):
                 index=block.index,
                 delta={"type": "input_json_delta", "partial_json": delta.arguments},
             )
-        if delta.index not in self._pending and len(self._tools) + len(self._pending) >= MAX_TOOL_CALLS:
-            raise Abort(Failed(f"the host sent more than {MAX_TOOL_CALLS} tool calls", "too_many_tool_calls"))
-        pending = self._pending.setdefault(delta.index, {"call_id": None, "name": "", "args": []})
-        pending["call_id"] = pending["call_id"] or delta.call_id
-        pending["name"] = pending["name"] or (delta.name or "")
-        if delta.arguments:
-            pending["args"].append(delta.arguments)
-        if not pending["name"]:
+        self._pending.make_room(delta.index, len(self._tools))
+        pending = self._pending.gather(delta)
+        if pending is None:
             return b""
-        return self._open_tool(delta.index)
+        return self._open_tool(delta.index, pending)
 
-    def _open_tool(self, index: int) -> bytes:
-        pending = self._pending.pop(index)
+    def _open_tool(self, index: int, pending: dict[str, Any]) -> bytes:
         out = self._close_current()
         block = _Block("tool_use", len(self._blocks))
         call_id = pending["call_id"]
@@ -570,9 +558,7 @@ class MessagesTranslator(Translator):
         }
 
     def _finalise(self) -> None:
-        for index in sorted(self._pending):
-            self.notes.append(f"a tool call (index {index}) without a name was dropped")
-        self._pending.clear()
+        self._pending.drop_unnamed(self.notes)
         if self._reasoning_dropped:
             self.notes.append("the model's reasoning was not returned (thinking is not enabled)")
 

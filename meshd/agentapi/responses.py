@@ -23,7 +23,6 @@ import attrs
 from meshd.agentapi import fields as f
 from meshd.agentapi.chat import (
     DEFAULT_MAX_BODY,
-    MAX_TOOL_CALLS,
     ChatEvent,
     Failed,
     Finish,
@@ -35,7 +34,7 @@ from meshd.agentapi.chat import (
 from meshd.agentapi.errors import InvalidRequest, Unsupported
 from meshd.agentapi.sse import encode_event
 from meshd.agentapi.store import StoredResponse
-from meshd.agentapi.translate import Abort, Translator, UpstreamProblem
+from meshd.agentapi.translate import PendingToolCalls, Translator, UpstreamProblem
 
 IdSource = Callable[[str], str]
 
@@ -357,12 +356,7 @@ def _tools(body: dict[str, Any], notes: list[str]) -> tuple[list[dict[str, Any]]
         if ttype not in ("function", "custom"):
             notes.append(f"{path} (type {ttype[:40]!r}) is not available through this gateway and was dropped")
             continue
-        name = f.req_str(tool, "name", path)
-        if len(name) > 256:
-            raise InvalidRequest(f"{path}.name is longer than 256 characters", param=f"{path}.name")
-        if name in names:
-            raise InvalidRequest(f"{path}.name {name!r} is used by another tool", param=f"{path}.name")
-        names.add(name)
+        name = f.tool_name(tool, path, names)
         description = f.opt_str(tool, "description", path)
         function: dict[str, Any] = {"name": name}
         if description:
@@ -565,7 +559,7 @@ class ResponsesTranslator(Translator):
         self._message: _Item | None = None
         self._reasoning: _Item | None = None
         self._tools: dict[int, _Item] = {}
-        self._pending: dict[int, dict[str, Any]] = {}
+        self._pending = PendingToolCalls()
         self._finish: Finish | None = None
         self._usage: Usage | None = None
 
@@ -679,9 +673,8 @@ class ResponsesTranslator(Translator):
         )
 
     def _tool(self, delta: ToolCallDelta) -> bytes:
-        new = delta.index not in self._tools and delta.index not in self._pending
-        if new and len(self._tools) + len(self._pending) >= MAX_TOOL_CALLS:
-            raise Abort(Failed(f"the host sent more than {MAX_TOOL_CALLS} tool calls", "too_many_tool_calls"))
+        if delta.index not in self._tools:
+            self._pending.make_room(delta.index, len(self._tools))
         out = self._close_message() + self._close_reasoning()
         item = self._tools.get(delta.index)
         if item is not None:
@@ -696,17 +689,12 @@ class ResponsesTranslator(Translator):
                     delta=delta.arguments,
                 )
             return out
-        pending = self._pending.setdefault(delta.index, {"call_id": None, "name": "", "args": []})
-        pending["call_id"] = pending["call_id"] or delta.call_id
-        pending["name"] = pending["name"] or (delta.name or "")
-        if delta.arguments:
-            pending["args"].append(delta.arguments)
-        if not pending["name"]:
+        pending = self._pending.gather(delta)
+        if pending is None:
             return out  # wait for the name before announcing the item
-        return out + self._open_tool(delta.index)
+        return out + self._open_tool(delta.index, pending)
 
-    def _open_tool(self, index: int) -> bytes:
-        pending = self._pending.pop(index)
+    def _open_tool(self, index: int, pending: dict[str, Any]) -> bytes:
         custom = pending["name"] in self.request.custom_tools
         item = self._new_item("custom_tool_call" if custom else "function_call", "ctc" if custom else "fc")
         item.name = pending["name"]
@@ -773,9 +761,7 @@ class ResponsesTranslator(Translator):
 
     def _close_tools(self, status: str) -> bytes:
         out = b""
-        for index in sorted(self._pending):  # never named: cannot be announced
-            self.notes.append(f"a tool call (index {index}) without a name was dropped")
-        self._pending.clear()
+        self._pending.drop_unnamed(self.notes)
         for item in sorted(self._tools.values(), key=lambda it: it.index):
             if not item.open:
                 continue

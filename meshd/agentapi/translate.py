@@ -25,9 +25,11 @@ import attrs
 
 from meshd.agentapi.chat import (
     DEFAULT_MAX_BODY,
+    MAX_TOOL_CALLS,
     ChatEvent,
     End,
     Failed,
+    ToolCallDelta,
     UpstreamDecoder,
     error_message_of,
 )
@@ -45,6 +47,37 @@ class Abort(Exception):
     def __init__(self, failed: Failed) -> None:
         super().__init__(failed.message)
         self.failed = failed
+
+
+class PendingToolCalls:
+    """Tool calls the host began but has not named yet (a chat stream may send the id or the first
+    arguments before the name), gathered until the name comes; with the calls already announced they
+    count against ``MAX_TOOL_CALLS``."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def make_room(self, index: int, announced: int) -> None:
+        """Abort if a call at ``index`` would be one more than ``MAX_TOOL_CALLS`` (``announced``: calls already out)."""
+        if index not in self._calls and announced + len(self._calls) >= MAX_TOOL_CALLS:
+            raise Abort(Failed(f"the host sent more than {MAX_TOOL_CALLS} tool calls", "too_many_tool_calls"))
+
+    def gather(self, delta: ToolCallDelta) -> dict[str, Any] | None:
+        """Add ``delta`` to its call; the call (``call_id``, ``name``, ``args``), taken out, once it has a name."""
+        pending = self._calls.setdefault(delta.index, {"call_id": None, "name": "", "args": []})
+        pending["call_id"] = pending["call_id"] or delta.call_id
+        pending["name"] = pending["name"] or (delta.name or "")
+        if delta.arguments:
+            pending["args"].append(delta.arguments)
+        if not pending["name"]:
+            return None
+        return self._calls.pop(delta.index)
+
+    def drop_unnamed(self, notes: list[str]) -> None:
+        """Calls never named cannot be announced: say so in ``notes`` and forget them."""
+        for index in sorted(self._calls):
+            notes.append(f"a tool call (index {index}) without a name was dropped")
+        self._calls.clear()
 
 
 @attrs.frozen

@@ -606,3 +606,18 @@ def test_messages_errors_name_the_field(body: dict[str, Any], param: str) -> Non
     err = refused("messages", body)
     assert err.status == 400 and err.param == param
     assert err.anthropic_json() == {"type": "error", "error": {"type": "invalid_request_error", "message": err.message}}
+
+
+@pytest.mark.parametrize("api", ["responses", "messages"])
+def test_tool_names_are_unique_and_bounded(api: str) -> None:
+    def tool(name: str) -> dict[str, Any]:
+        if api == "responses":
+            return {"type": "function", "name": name, "parameters": {"type": "object"}}
+        return {"name": name, "input_schema": {"type": "object"}}
+
+    base: dict[str, Any] = {"model": "m", "max_tokens": 5}
+    base |= {"input": "x"} if api == "responses" else {"messages": [{"role": "user", "content": "x"}]}
+    err = refused(api, {**base, "tools": [tool("f"), tool("g"), tool("f")]})
+    assert isinstance(err, InvalidRequest) and err.param == "tools[2].name" and "used by another tool" in str(err)
+    err = refused(api, {**base, "tools": [tool("x" * 257)]})
+    assert isinstance(err, InvalidRequest) and err.param == "tools[0].name" and "longer than 256" in str(err)

@@ -406,3 +406,24 @@ def test_error_shapes_validate_against_the_sdks_types() -> None:
         ErrorObject.model_validate(err.openai_json()["error"])
     # 413 is Anthropic's documented `request_too_large`, which the SDK's union does not list
     assert AgentApiError("big", status=413).anthropic_json()["error"]["type"] == "request_too_large"
+
+
+def test_a_tool_call_never_named_is_dropped_with_a_note() -> None:
+    chunks = [
+        {
+            "choices": [
+                {"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c0", "function": {"arguments": "{"}}]}}
+            ]
+        },
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 1, "id": "c1", "function": {"name": "f"}}]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode() + b"data: [DONE]\n\n"
+    for api in ("responses", "messages"):
+        translator = forward(api).translator()
+        result = translate(translator, Upstream(200, "text/event-stream", body))
+        assert "a tool call (index 0) without a name was dropped" in translator.notes, api
+        if api == "responses":
+            assert [o["type"] for o in terminal_responses(result.body)["output"]] == ["function_call"]
+        else:
+            terminal_messages(result.body)
