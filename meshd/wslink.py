@@ -50,6 +50,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from meshd.listeners import Listeners
+
 __all__ = [
     "LinkConnection",
     "LinkCounters",
@@ -279,7 +281,7 @@ class WebSocketLink(Service):
         self._streak_state: LinkState | None = None
         self._queue: deque[tuple[bytes, bool]] = deque()
         self._up_waiters: list[Deferred[WebSocketLink]] = []
-        self._listeners: list[StateListener] = []
+        self._listeners: Listeners[StateListener] = Listeners(self._log, f"{self.label} link state listener")
         factory = _LinkFactory(
             self,
             url=ws_url,
@@ -329,13 +331,7 @@ class WebSocketLink(Service):
 
     def watch(self, listener: StateListener) -> Callable[[], None]:
         """Call ``listener(link, state)`` on every state change; returns the function that stops it."""
-        self._listeners.append(listener)
-
-        def unwatch() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unwatch
+        return self._listeners.add(listener)
 
     def when_up(self) -> Deferred[WebSocketLink]:
         """Fires with the link once it is up (at once if it is); fails with :class:`LinkStopped` on stop."""
@@ -499,11 +495,7 @@ class WebSocketLink(Service):
             return
         self.state = state
         self.since = self.reactor.seconds()
-        for listener in list(self._listeners):
-            try:
-                listener(self, state)
-            except Exception:
-                self._log.failure("{label} link state listener failed", label=self.label)
+        self._listeners.notify(self, state)
 
     def _guarded(self, call: Callable[..., object], *args: Any) -> None:
         """A handler's bug is logged; it never costs the connection or the reconnect loop."""

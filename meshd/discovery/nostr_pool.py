@@ -41,6 +41,7 @@ from meshd.discovery.nip01 import (
     format_req,
     parse_relay_message,
 )
+from meshd.listeners import Listeners
 from meshd.wslink import LinkConnection, LinkOptions, LinkState, WebSocketLink, stream_endpoint
 
 __all__ = [
@@ -262,7 +263,7 @@ class NostrPool(MultiService):
         self.stable_after = stable_after
         self.retry_policy = retry_policy or backoffPolicy(jitter=random.random)
         self._subscriptions: dict[str, _Subscription] = {}
-        self._listeners: list[StateListener] = []
+        self._listeners: Listeners[StateListener] = Listeners(self.log, "relay state listener")
         self._relays: dict[str, _NostrRelay] = {}
         make_endpoint = endpoint_factory or (lambda u: _default_endpoint(reactor, u))
         for url in urls:
@@ -292,20 +293,10 @@ class NostrPool(MultiService):
 
     def watch_state(self, listener: StateListener) -> Callable[[], None]:
         """Call ``listener(url, state)`` on every state change; returns an unsubscribe function."""
-        self._listeners.append(listener)
-
-        def unwatch() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unwatch
+        return self._listeners.add(listener)
 
     def _state_changed(self, url: str, state: str) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(url, state)
-            except Exception:
-                self.log.failure("relay state listener failed")
+        self._listeners.notify(url, state)
 
     # -- subscriptions -----------------------------------------------------------------------------
 
