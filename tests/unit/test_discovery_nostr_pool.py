@@ -6,75 +6,35 @@ import json
 from typing import Any
 
 import pytest
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
-from twisted.test.iosim import FakeTransport, IOPump, connect
 
 from meshd.discovery.discover import discover
 from meshd.discovery.keys import NostrKeys
 from meshd.discovery.listing import MeshListing, build_listing_event
 from meshd.discovery.nostr_pool import NostrPool, validate_relay_url
+from tests.unit.ws_memory import MemoryEndpoint, ServerProto
 
 POLICY = backoffPolicy(jitter=lambda: 0)
 URL_A = "ws://relay-a.test:7000"
 URL_B = "wss://relay-b.test"
 
 
-class ServerProto(WebSocketServerProtocol):
-    def onOpen(self) -> None:
-        self.factory.owner.server = self
+class NostrServerProto(ServerProto):
+    """The in-memory relay: records each message decoded, and can send JSON."""
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.factory.owner.received.append(json.loads(payload))
+        self.owner.received.append(json.loads(payload))
 
     def send_json(self, obj: Any) -> None:
         self.sendMessage(json.dumps(obj).encode())
 
 
-class ScriptedEndpoint:
-    """Each connect() pops an outcome: "refuse" fails; "accept" wires an in-memory websocket server."""
+class ScriptedEndpoint(MemoryEndpoint):
+    """Each connect() pops an outcome: "refuse" fails; "accept" wires an in-memory relay (JSON messages)."""
 
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.outcomes: list[str] = []
-        self.connects: list[float] = []
-        self.received: list[Any] = []
-        self.server: ServerProto | None = None
-        self.pump: IOPump | None = None
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        self.connects.append(self.clock.seconds())
-        outcome = self.outcomes.pop(0) if self.outcomes else "refuse"
-        if outcome == "refuse":
-            return fail(ConnectionRefusedError("scripted refusal"))
-        client = factory.buildProtocol(None)
-        sfactory = WebSocketServerFactory(reactor=self.clock)
-        sfactory.protocol = ServerProto
-        sfactory.owner = self
-        sfactory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
-        server = sfactory.buildProtocol(None)
-        self.pump = connect(
-            server,
-            FakeTransport(server, isServer=True),
-            client,
-            FakeTransport(client, isServer=False),
-            greet=False,
-            clock=self.clock,
-        )
-        return succeed(client)
-
-    def flush(self) -> None:
-        assert self.pump is not None
-        self.pump.flush()
-
-    def drop(self) -> None:
-        assert self.server is not None
-        self.server.transport.loseConnection()
-        self.flush()
+    protocol = NostrServerProto
 
 
 @pytest.fixture
