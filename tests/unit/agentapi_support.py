@@ -28,6 +28,20 @@ DATA = Path(__file__).parent / "data"
 CHAT = DATA / "chat"
 
 
+#: Recorded chat-completions streams (in CHAT) that every translator must handle.
+STREAMS = [
+    "llama_text_stream",
+    "llama_text_length_stream",
+    "llama_tool_stream",
+    "llama_tools_length_stream",
+    "llama_json_schema_stream",
+    "openai_parallel_tools_stream",
+    "vllm_reasoning_stream",
+    "ollama_tool_stream",
+    "llama_error_midstream",
+]
+
+
 @attrs.frozen
 class Upstream:
     """One upstream answer: status, content type and body."""

@@ -20,19 +20,7 @@ from meshd.agentapi.chat import (
     Usage,
     completion_events,
 )
-from tests.unit.agentapi_support import Upstream, pieces
-
-STREAMS = [
-    "llama_text_stream",
-    "llama_text_length_stream",
-    "llama_tool_stream",
-    "llama_tools_length_stream",
-    "llama_json_schema_stream",
-    "openai_parallel_tools_stream",
-    "vllm_reasoning_stream",
-    "ollama_tool_stream",
-    "llama_error_midstream",
-]
+from tests.unit.agentapi_support import STREAMS, Upstream, pieces
 
 
 def decode(body: bytes, size: int = 0, *, streamed: bool = True, **limits: int) -> list[ChatEvent]:

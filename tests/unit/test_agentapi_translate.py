@@ -15,21 +15,10 @@ from pydantic import TypeAdapter
 from meshd.agentapi import AgentApi, Api, match
 from meshd.agentapi.adapter import Forward
 from meshd.agentapi.translate import PassThrough, Translator
-from tests.unit.agentapi_support import CountingIds, Upstream, pieces, sse_json, translate
+from tests.unit.agentapi_support import STREAMS, CountingIds, Upstream, pieces, sse_json, translate
 
 RESPONSE_EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 MESSAGE_EVENTS: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
-STREAMS = [
-    "llama_text_stream",
-    "llama_text_length_stream",
-    "llama_tool_stream",
-    "llama_tools_length_stream",
-    "llama_json_schema_stream",
-    "openai_parallel_tools_stream",
-    "vllm_reasoning_stream",
-    "ollama_tool_stream",
-    "llama_error_midstream",
-]
 TOOLS_R = [
     {"type": "function", "name": n, "parameters": {"type": "object"}} for n in ("get_weather", "get_time", "f", "g")
 ]

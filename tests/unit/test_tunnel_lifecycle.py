@@ -17,6 +17,7 @@ from meshd.quic.errors import StreamReset
 from meshd.tunnel import Backend, HostTunnel, TunnelState
 from meshd.tunnel.client import UPSTREAM_MOVES, Upstream, UpstreamState
 from meshd.tunnel.host import TUNNEL_MOVES
+from tests.unit.test_tunnel_host import RecordingStream
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "lifecycles.md"
 
@@ -50,42 +51,6 @@ def test_the_diagram_is_the_table(title: str, moves: dict[Any, frozenset[Any]], 
     assert diagram(title) == table(moves)
 
 
-class Stream:
-    """A stream face that records what the tunnel does to it."""
-
-    connection = None
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.fin = False
-        self.reset_code: int | None = None
-        self.receiver: Any = None
-
-    def set_receiver(self, receiver: Any) -> None:
-        self.receiver = receiver
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def loseWriteConnection(self) -> None:
-        self.fin = True
-
-    def reset(self, code: int = 0) -> None:
-        self.reset_code = code
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        pass
-
-    def unregisterProducer(self) -> None:
-        pass
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-
 def watch(obj: Any) -> list[str]:
     """The states an object passes through (its ``_enter`` calls)."""
     seen: list[str] = [obj.state.name]
@@ -102,9 +67,9 @@ def watch(obj: Any) -> list[str]:
 REQUEST = render_request(b"POST", b"/v1/chat/completions", [(b"host", b"h")], b'{"model":"m"}')
 
 
-def host_tunnel(slots: int = 1, url: str = "http://127.0.0.1:9") -> tuple[HostTunnel, Stream, Clock, Backend]:
+def host_tunnel(slots: int = 1, url: str = "http://127.0.0.1:9") -> tuple[HostTunnel, RecordingStream, Clock, Backend]:
     clock = Clock()
-    stream = Stream()
+    stream = RecordingStream()
     backend = Backend(clock, url, max_inflight=slots)
     return HostTunnel(stream, backend, clock=clock), stream, clock, backend
 
@@ -141,7 +106,7 @@ def test_a_move_outside_the_table_is_refused() -> None:
     tunnel.connectionLost(Failure(StreamReset(0, by_peer=True)))
     with pytest.raises(AssertionError):
         tunnel._enter(TunnelState.RELAYING)
-    upstream = Upstream(Stream(), b"POST")
+    upstream = Upstream(RecordingStream(), b"POST")
     with pytest.raises(AssertionError):
         upstream._enter(UpstreamState.DONE)
 
@@ -158,7 +123,7 @@ def test_a_move_outside_the_table_is_refused() -> None:
 )
 def test_upstream_paths(chunks: list[bytes], ending: str | None, path: list[str]) -> None:
     for raw in (False, True):
-        upstream = Upstream(Stream(), b"POST", raw_chunked=raw)
+        upstream = Upstream(RecordingStream(), b"POST", raw_chunked=raw)
         upstream.head.addErrback(lambda _: None)
         upstream.start_sink(lambda _: None)
         seen = watch(upstream)
