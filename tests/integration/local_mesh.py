@@ -19,17 +19,25 @@ from tests.integration.backend import free_port
 from tests.integration.daemon import REPO, Daemon, repo_env
 
 
-def until(pred: Any, within: float, what: str) -> Any:
+def until(
+    pred: Any,
+    within: float,
+    what: str,
+    step: float = 0.1,
+    retry_on: tuple[type[Exception], ...] = (OSError,),
+) -> Any:
+    """Poll ``pred`` until it returns something true (within ``within`` seconds, else AssertionError).
+    An exception of ``retry_on`` (the daemon not listening yet, a half-written file) counts as "not yet"."""
     deadline = time.monotonic() + within
     last: Any = None
     while time.monotonic() < deadline:
         try:
             last = pred()
-        except OSError as e:
+        except retry_on as e:
             last = e
-        if last:
+        if last and not isinstance(last, Exception):
             return last
-        time.sleep(0.1)
+        time.sleep(step)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 

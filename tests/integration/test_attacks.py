@@ -28,6 +28,7 @@ import pytest
 
 from meshd.discovery.keys import NostrKeys
 from meshd.discovery.listing import MeshListing, build_listing_event
+from tests.integration import local_mesh
 from tests.integration.backend import LlamaBackend, free_port
 from tests.integration.daemon import REPO, Daemon, repo_env
 from tests.integration.relays import PYTHON, SDK_CLIENT_SCRIPT, RelayProcess
@@ -56,17 +57,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def until(pred: Callable[[], Any], within: float, what: str, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-        except (OSError, ValueError, KeyError) as e:
-            last = e
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    return local_mesh.until(pred, within, what, step, retry_on=(OSError, ValueError, KeyError))
 
 
 def get_json(url: str, timeout: float = 5) -> Any:

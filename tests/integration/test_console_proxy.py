@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from meshd.protocol.streams import StreamType
 from meshd.tunnel import Backend
 from meshd.web.api import APIApp
 from meshd.web.console import ConsoleApp
+from tests.integration import local_mesh
 from tests.integration.backend import LlamaBackend
 from tests.integration.daemon import Daemon
 from tests.integration.test_client_api import aio, wait_for
@@ -208,14 +208,9 @@ def _http(url: str, body: bytes | None = None, headers: dict[str, str] | None = 
         return e.code, json.loads(e.read())
 
 
-def _until(pred: Any, within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+def until(pred: Any, within: float, what: str) -> Any:
+    """Nothing is retried here: an error reading the status fails the test at once."""
+    return local_mesh.until(pred, within, what, step=0.2, retry_on=())
 
 
 def test_daemons_console_chat_with_api_key_and_host_served_counts(tmp_path: Path, llama_backend: LlamaBackend) -> None:
@@ -225,28 +220,28 @@ def test_daemons_console_chat_with_api_key_and_host_served_counts(tmp_path: Path
         host = Daemon(["--serve", llama_backend.url, *common, "--state-dir", str(tmp_path / "h")], cwd=tmp_path)
         daemons.append(host)
         host_console = host.wait_event("ready", timeout=30)["console_url"]
-        token = _until(lambda: _http(host_console + "/api/status")[1]["token"], 20, "the host's token")
-        _until(lambda: _http(host_console + "/api/status")[1]["hosted_models"] == ["tiny"], 30, "host serving")
+        token = until(lambda: _http(host_console + "/api/status")[1]["token"], 20, "the host's token")
+        until(lambda: _http(host_console + "/api/status")[1]["hosted_models"] == ["tiny"], 30, "host serving")
         args = ["--client", "--join", token, "--api-key", "sk-daemon-key", *common, "--state-dir", str(tmp_path / "c")]
         client = Daemon(args, cwd=tmp_path)
         daemons.append(client)
         ready = client.wait_event("ready", timeout=30)
         api, console = ready["api_url"], ready["console_url"]
-        _until(lambda: _http(console + "/api/status")[1]["meshd"]["mesh_models"], 30, "the client sees the model")
+        until(lambda: _http(console + "/api/status")[1]["meshd"]["mesh_models"], 30, "the client sees the model")
         chat = json.dumps(CHAT).encode()
         code, reply = _http(console + "/api/chat", chat, {"Content-Type": "application/json", "Origin": console})
         assert code == 200, reply
         assert reply["choices"][0]["message"]["content"]
         code, err = _http(api + "/v1/chat/completions", chat, {"Content-Type": "application/json"})
         assert code == 401 and err["error"]["code"] == "invalid_api_key"
-        served = _until(
+        served = until(
             lambda: [r for r in list(client.records) if r.get("event") == "access" and r.get("status") == 200],
             10,
             "the access line of the console's request",
         )
         assert [(r["key_id"], r["path"]) for r in served] == [("console", "/v1/chat/completions")]
         # The host counted the request it served for the client.
-        status = _until(
+        status = until(
             lambda: (s := _http(host_console + "/api/status")[1]["meshd"])["backend"]["served"] and s,
             10,
             "served count",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from tests.integration.backend import LlamaBackend
 from tests.integration.daemon import Daemon
+from tests.integration.local_mesh import until
 from tests.integration.relays import RelayProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -26,20 +26,6 @@ MSGS: Any = [{"role": "user", "content": "hello mesh"}]
 def status(console: str) -> dict[str, Any]:
     with urllib.request.urlopen(console + "/api/status", timeout=5) as resp:
         return json.loads(resp.read())  # type: ignore[no-any-return]
-
-
-def until(pred: Any, within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-        except OSError as e:
-            last = e
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def free_udp_port() -> int:
