@@ -212,7 +212,7 @@ class AgentApi:
         if endpoint.action not in ("create", "count_tokens"):
             raise ValueError(f"prepare() is for create/count_tokens, not {endpoint.action}")
         if isinstance(decoded, dict):
-            check_depth(decoded, MAX_DEPTH, "request body")
+            check_depth(body, MAX_DEPTH, "request body")
             obj = decoded
         else:  # not decoded, or not an object: decode it here for the precise error
             obj = load_object(body)

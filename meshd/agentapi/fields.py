@@ -11,7 +11,7 @@ import math
 from typing import Any, NoReturn
 
 from meshd.agentapi.errors import InvalidRequest, TooLarge
-from meshd.jsonbound import json_type
+from meshd.jsonbound import depth_exceeds, json_type
 
 #: Deepest nesting of arrays/objects accepted in a request body (tool schemas are the deepest part).
 MAX_DEPTH = 64
@@ -33,21 +33,15 @@ def load_object(body: bytes, *, what: str = "request body", max_depth: int = MAX
         raise InvalidRequest(f"the {what} is not valid JSON: {_short(str(e))}", code="invalid_json") from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"the {what} must be a JSON object, not {json_type(value)}", code="invalid_json")
-    check_depth(value, max_depth, what)
+    check_depth(body, max_depth, what)
     return value
 
 
-def check_depth(value: Any, max_depth: int, what: str) -> None:
-    """Raise TooLarge when ``value`` nests arrays/objects deeper than ``max_depth`` (iterative walk)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > max_depth:
-            raise TooLarge(f"the {what} nests deeper than {max_depth} levels", code="too_deep")
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+def check_depth(body: bytes, max_depth: int, what: str) -> None:
+    """Raise TooLarge when the JSON in ``body`` nests arrays/objects deeper than ``max_depth``
+    (measured on the bytes by :func:`meshd.jsonbound.depth_exceeds`, in linear time)."""
+    if depth_exceeds(body, max_depth):
+        raise TooLarge(f"the {what} nests deeper than {max_depth} levels", code="too_deep")
 
 
 def _short(text: str, limit: int = 200) -> str:

@@ -621,3 +621,29 @@ def test_tool_names_are_unique_and_bounded(api: str) -> None:
     assert isinstance(err, InvalidRequest) and err.param == "tools[2].name" and "used by another tool" in str(err)
     err = refused(api, {**base, "tools": [tool("x" * 257)]})
     assert isinstance(err, InvalidRequest) and err.param == "tools[0].name" and "longer than 256" in str(err)
+
+
+def test_the_nesting_limit_counts_containers_not_brackets_in_strings() -> None:
+    from meshd.agentapi.fields import MAX_DEPTH, check_depth, load_object
+
+    def nested(levels: int) -> bytes:
+        value: Any = {"s": "[[[[{{{{" * 50}  # brackets inside a string are no nesting
+        for i in range(levels - 1):
+            value = {"a": value} if (levels - i) % 2 == 0 else [value]  # the outermost is an object
+        return json.dumps(value).encode()
+
+    def depth(v: Any) -> int:
+        if isinstance(v, dict):
+            return 1 + max((depth(x) for x in v.values()), default=0)
+        if isinstance(v, list):
+            return 1 + max((depth(x) for x in v), default=0)
+        return 0
+
+    at_limit, over = nested(MAX_DEPTH), nested(MAX_DEPTH + 1)
+    assert depth(json.loads(at_limit)) == MAX_DEPTH and depth(json.loads(over)) == MAX_DEPTH + 1
+    check_depth(at_limit, MAX_DEPTH, "request body")
+    assert load_object(at_limit)
+    with pytest.raises(TooLarge):
+        check_depth(over, MAX_DEPTH, "request body")
+    with pytest.raises(TooLarge):
+        load_object(over)
