@@ -103,10 +103,6 @@ class ApiRequest:
             return Problem(f"'model' must be a string, not {json_type(data['model'])}", "invalid_value", "model")
         return None
 
-    def with_body(self, body: bytes, data: Any) -> ApiRequest:
-        """The same request with another body (a public model id rewritten to the served name)."""
-        return attrs.evolve(self, body=body, json=data)
-
 
 def session_of(data: Any) -> str | None:
     """The ``user`` (else ``session_id``) a decoded body names, for session affinity."""

@@ -207,9 +207,6 @@ class MeshRequirements:
     protocol_generation: ProtocolGenerationBounds = ProtocolGenerationBounds()
     release_attestation: ReleaseAttestationRequirement = ReleaseAttestationRequirement()
 
-    def is_unrestricted(self) -> bool:
-        return self == MeshRequirements()
-
     def validate(self) -> None:
         self.node_version.normalized()
         self.protocol_generation.normalized()
